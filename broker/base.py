@@ -1,0 +1,81 @@
+"""The broker interface that the publish service, the gateway and cleanup share.
+
+Two implementations keep the same contract: ``RedisBroker`` (Redis Streams) and
+``MemoryBroker`` (one process, for ``conduit dev`` and tests). The contract test
+suite in tests/broker runs against both.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+__all__ = ["Broker", "Entry", "StreamInfo"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: its id (``<ms>-<seq>``) and the encoded PublishRequest."""
+
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Size and bounds of a stream as the broker holds it now."""
+
+    length: int
+    first_id: str | None
+    last_id: str | None
+    ttl_s: float | None
+    """Seconds until the stream expires, or None when it has no expiry."""
+
+
+class Broker(abc.ABC):
+    """Append-only streams keyed by ``stream:<org_id>:<channel_id>``.
+
+    Every method raises ``conduit.errors.BrokerUnavailable`` when the backend
+    cannot be reached or does not answer in time, and never a backend-specific
+    exception.
+    """
+
+    @abc.abstractmethod
+    async def append(self, stream: str, data: bytes, *, end: bool) -> str:
+        """Append ``data`` to ``stream`` and return the new entry id.
+
+        Order: track the stream's activity, then in one atomic step check the
+        channel's fixed-window rate limit, append trimmed to about
+        ``max_stream_len`` entries, and on ``end`` set the stream's expiry;
+        after an ``end`` the stream leaves activity tracking. Raises
+        ``RateLimited`` (nothing appended) when the window is used up.
+        """
+
+    @abc.abstractmethod
+    async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
+        """Return up to ``count`` entries with ids greater than ``after_id``, oldest first.
+
+        ``after_id`` is ``"0-0"`` for the start of the stream. When there are
+        none, wait up to ``block_ms`` for one and return an empty list on time-out.
+        A stream that does not exist yet reads as empty.
+        """
+
+    @abc.abstractmethod
+    async def info(self, stream: str) -> StreamInfo | None:
+        """Return the stream's length, first and last ids and expiry, or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def delete_idle(self, idle_s: float) -> list[str]:
+        """Delete tracked streams whose newest entry is older than ``idle_s`` and untrack them.
+
+        A stream that received an entry after the sweep began is kept. Returns
+        the keys deleted.
+        """
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Return when the backend answers; raise BrokerUnavailable otherwise."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and wake waiting readers; the broker is unusable afterwards."""

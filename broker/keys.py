@@ -1,0 +1,44 @@
+"""Broker key names, byte-identical to the original Rust services' keys.
+
+``stream:<org_id>:<channel_id>`` holds a channel's entries. Activity tracking
+lives in 64 sorted sets ``stream_timestamps:{0}`` to ``stream_timestamps:{63}``
+(the braces are literal Redis Cluster hash tags); a stream's shard is
+``xxh3_64(stream key) % 64``. Per-channel helper keys embed the whole stream key
+as their hash tag, so they share the stream's cluster slot and one Lua script
+may touch them together.
+"""
+
+from __future__ import annotations
+
+import xxhash
+
+__all__ = [
+    "TRACKING_SHARD_COUNT",
+    "all_tracking_keys",
+    "rate_limit_key",
+    "stream_key",
+    "tracking_key",
+]
+
+TRACKING_SHARD_COUNT = 64
+
+
+def stream_key(org_id: int, channel_id: str) -> str:
+    """Return the stream key of a channel; ``channel_id`` must already be a canonical UUID."""
+    return f"stream:{org_id}:{channel_id}"
+
+
+def tracking_key(stream: str) -> str:
+    """Return the activity-tracking sorted set that holds ``stream``."""
+    shard = xxhash.xxh3_64_intdigest(stream.encode()) % TRACKING_SHARD_COUNT
+    return f"stream_timestamps:{{{shard}}}"
+
+
+def all_tracking_keys() -> list[str]:
+    """Return every activity-tracking shard key, in shard order."""
+    return [f"stream_timestamps:{{{shard}}}" for shard in range(TRACKING_SHARD_COUNT)]
+
+
+def rate_limit_key(stream: str) -> str:
+    """Return the fixed-window publish counter of ``stream``, in the stream's cluster slot."""
+    return f"conduit:rate:{{{stream}}}"

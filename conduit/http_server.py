@@ -1,0 +1,91 @@
+"""Run an ASGI app under uvicorn inside an event loop that other servers share.
+
+uvicorn's own ``serve()`` installs signal handlers and re-raises the signal when
+it returns, which would end a process that also runs a gRPC server or a second
+app. Here the caller owns signals and shutdown; the socket is bound before
+serving starts, so the real port is known at once, even for port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from litestar.types import ASGIApp
+
+__all__ = ["HttpServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The process entry point owns SIGINT and SIGTERM.
+        yield
+
+
+class HttpServer:
+    """One uvicorn server bound to ``host:port``, started and stopped by its owner."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, shutdown_timeout_s: float = 10) -> None:
+        self.name = name
+        self._host = host
+        self._requested_port = port
+        self._config = uvicorn.Config(
+            app,
+            lifespan="on",
+            log_config=None,
+            access_log=True,
+            server_header=False,
+            timeout_graceful_shutdown=int(shutdown_timeout_s),
+            # uvloop and httptools are used when installed, the standard ones otherwise.
+            loop="none",
+        )
+        self._server = _Server(self._config)
+        self._socket: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """Port actually bound; differs from the requested one when that was 0."""
+        if self._socket is None:
+            raise RuntimeError(f"{self.name} server is not started")
+        return int(self._socket.getsockname()[1])
+
+    async def start(self) -> None:
+        """Bind the socket and begin serving in a task that this object owns."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._requested_port))
+        except OSError as error:
+            sock.close()
+            raise OSError(f"{self.name}: cannot bind {self._host}:{self._requested_port}: {error.strerror}") from error
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._socket = sock
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"{self.name}-http")
+        logger.info("%s listening", self.name, extra={"host": self._host, "port": self.port})
+
+    async def stop(self) -> None:
+        """Stop accepting, let open requests finish within the shutdown timeout, then close."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), self._config.timeout_graceful_shutdown + 5)
+        except TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        finally:
+            if self._socket is not None:
+                self._socket.close()
+            self._task = None

@@ -1,0 +1,96 @@
+"""A private redis-server on a free loopback port, owned by the test session.
+
+Tests that simulate an outage stop and restart it; its data lives in memory
+only, so a restart starts empty unless ``stop(save=True)`` wrote a snapshot.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+_START_TIMEOUT_S = 10
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """One redis-server child process bound to 127.0.0.1 on a free port."""
+
+    def __init__(self, extra_args: list[str] | None = None) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server not found; run scripts/test, which installs it")
+        self.executable = executable
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="conduit-redis-"))
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        args = [
+            self.executable,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "no",
+            "--dbfilename", "dump.rdb",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self, *, save: bool = False) -> None:
+        """Stop the server; with ``save``, write a snapshot that the next start loads."""
+        if self.process is None:
+            return
+        if save:
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+            try:
+                client.save()
+            finally:
+                client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        """Return a synchronous client for checks made from tests."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
