@@ -65,11 +65,12 @@ class Broker(abc.ABC):
         """Return the stream's length, first and last ids and expiry, or None when it does not exist."""
 
     @abc.abstractmethod
-    async def delete_idle(self, idle_s: float) -> list[str]:
+    async def delete_idle(self, idle_s: float, *, now_s: float | None = None) -> list[str]:
         """Delete tracked streams whose newest entry is older than ``idle_s`` and untrack them.
 
-        A stream that received an entry after the sweep began is kept. Returns
-        the keys deleted.
+        ``now_s`` is the Unix time to measure idleness from (default: now).
+        A stream that received an entry after the sweep began is kept, and a
+        tracked stream that no longer exists is untracked. Returns the keys deleted.
         """
 
     @abc.abstractmethod
