@@ -23,7 +23,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class StreamInfo:
-    """Size and bounds of a stream as the broker holds it now."""
+    """Size and bounds of a stream as currently stored."""
 
     length: int
     first_id: str | None
@@ -36,7 +36,7 @@ class Broker(abc.ABC):
     """Append-only streams keyed by ``stream:<org_id>:<channel_id>``.
 
     Every method raises ``conduit.errors.BrokerUnavailable`` when the backend
-    cannot be reached or does not answer in time, and never a backend-specific
+    cannot be reached or times out, and never a backend-specific
     exception.
     """
 
@@ -75,7 +75,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def ping(self) -> None:
-        """Return when the backend answers; raise BrokerUnavailable otherwise."""
+        """Return when the backend responds to a ping; raise BrokerUnavailable otherwise."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -1,6 +1,6 @@
 """Broker key names, byte-identical to the original Rust services' keys.
 
-``stream:<org_id>:<channel_id>`` holds a channel's entries. Activity tracking
+``stream:<org_id>:<channel_id>`` contains a channel's entries. Activity tracking
 lives in 64 sorted sets ``stream_timestamps:{0}`` to ``stream_timestamps:{63}``
 (the braces are literal Redis Cluster hash tags); a stream's shard is
 ``xxh3_64(stream key) % 64``. Per-channel helper keys embed the whole stream key
@@ -29,7 +29,7 @@ def stream_key(org_id: int, channel_id: str) -> str:
 
 
 def tracking_key(stream: str) -> str:
-    """Return the activity-tracking sorted set that holds ``stream``."""
+    """Return the activity-tracking sorted set that contains ``stream``."""
     shard = xxhash.xxh3_64_intdigest(stream.encode()) % TRACKING_SHARD_COUNT
     return f"stream_timestamps:{{{shard}}}"
 

@@ -71,7 +71,7 @@ class RateLimited(ConduitError):
 
 
 class BrokerUnavailable(ConduitError):
-    """The broker could not be reached or did not answer in time."""
+    """The broker could not be reached or timed out."""
 
 
 class ConfigError(Exception):

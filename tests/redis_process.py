@@ -43,7 +43,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it responds to PING."""
         args = [
             self.executable,
             "--bind", "127.0.0.1",
