@@ -1,21 +1,103 @@
-"""Build the broker that the settings select: Redis, Redis Cluster or the embedded one."""
+"""Build the broker that the settings select: Redis, Redis Cluster or the embedded one.
+
+The Redis clients are set up so that an outage surfaces as BrokerUnavailable
+quickly instead of hanging: connecting gives up after CONNECT_TIMEOUT_S, a
+command after COMMAND_TIMEOUT_S, and a refused or dropped connection is retried
+once. Blocking reads stay one second below the command timeout.
+"""
 
 from __future__ import annotations
 
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
 from broker.base import Broker
 from broker.memory import MemoryBroker
+from broker.redis_broker import RedisBroker
+from conduit.errors import ConfigError
 from conduit.settings import BrokerSettings
 
-__all__ = ["create_broker"]
+__all__ = [
+    "COMMAND_TIMEOUT_S",
+    "CONNECT_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
+    "create_broker",
+]
+
+CONNECT_TIMEOUT_S = 1.0
+COMMAND_TIMEOUT_S = 3.0
+DEFAULT_MAX_CONNECTIONS = 256
+"""Connections per Redis node; a blocked read holds one for its whole wait."""
+
+_POOL_TIMEOUT_S = 1.0
+_HEALTH_CHECK_INTERVAL_S = 15
+_RETRY_BACKOFF_S = 0.05
+_CLIENT_NAME = "conduit"
 
 
-def create_broker(settings: BrokerSettings) -> Broker:
+def create_broker(
+    settings: BrokerSettings, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> Broker:
     """Return a MemoryBroker when ``settings.redis_url`` is None, else a RedisBroker.
 
-    No connection is made here: the first command connects, so an unreachable
-    Redis surfaces as BrokerUnavailable from that command.
+    ``settings.redis_cluster`` selects a Redis Cluster client. No connection is
+    made here: the first command connects, so an unreachable Redis surfaces as
+    BrokerUnavailable from that command. Raises ConfigError naming REDIS_URL
+    when redis-py rejects the URL, without echoing it (it may carry a password).
     """
     if settings.redis_url is None:
         return MemoryBroker(settings)
-    # TODO: return the RedisBroker, which lands in the next commit.
-    raise NotImplementedError("the Redis broker is not available yet")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+
+    try:
+        if settings.redis_cluster:
+            client = _cluster_client(settings.redis_url, max_connections)
+        else:
+            client = _single_client(settings.redis_url, max_connections)
+    except (ValueError, RedisError):
+        raise ConfigError(
+            "REDIS_URL is not a valid Redis URL for this mode; check its host, port, "
+            "database and query options (REDIS_CLUSTER=1 needs a redis:// or rediss:// URL)"
+        ) from None
+
+    max_block_ms = int((COMMAND_TIMEOUT_S - 1) * 1000)
+    return RedisBroker(client, settings, max_block_ms=max_block_ms)
+
+
+def _retry() -> Retry:
+    # Only connection errors are retried: one retry replaces a pooled connection
+    # that a Redis restart broke, while a timeout already took its full budget.
+    return Retry(
+        ConstantBackoff(_RETRY_BACKOFF_S), retries=1, supported_errors=(RedisConnectionError,)
+    )
+
+
+def _single_client(url: str, max_connections: int) -> Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=_POOL_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+        retry=_retry(),
+        client_name=_CLIENT_NAME,
+    )
+    return Redis.from_pool(pool)
+
+
+def _cluster_client(url: str, max_connections: int) -> RedisCluster:
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        health_check_interval=_HEALTH_CHECK_INTERVAL_S,
+        retry=_retry(),
+        client_name=_CLIENT_NAME,
+    )

@@ -1,4 +1,4 @@
-"""Stream entry ids ``<ms>-<seq>``, checked the way Redis checks an XREAD id."""
+"""Stream entry ids ``<ms>-<seq>`` and the checks on a read request, shared by both brokers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from conduit.errors import InvalidArgument
 
-__all__ = ["format_entry_id", "parse_entry_id"]
+__all__ = ["check_read_request", "format_entry_id", "parse_entry_id"]
 
 _ENTRY_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
 _MAX_PART = 2**64 - 1
@@ -34,3 +34,17 @@ def parse_entry_id(value: str) -> tuple[int, int]:
 def format_entry_id(ms: int, seq: int) -> str:
     """Return the ``<ms>-<seq>`` text of an entry id."""
     return f"{ms}-{seq}"
+
+
+def check_read_request(after_id: str, count: int, block_ms: int) -> tuple[int, int]:
+    """Return the parsed ``after_id`` once ``count`` and ``block_ms`` are known to be valid.
+
+    Raises InvalidArgument for a malformed id, which can come from a client's
+    Last-Event-ID, and ValueError for a count below 1 or a negative block.
+    """
+    after = parse_entry_id(after_id)
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if block_ms < 0:
+        raise ValueError(f"block_ms must be at least 0, got {block_ms}")
+    return after

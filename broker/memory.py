@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited
-from broker.ids import format_entry_id, parse_entry_id
+from broker.ids import check_read_request, format_entry_id
 from conduit.settings import BrokerSettings
 
 __all__ = ["MemoryBroker"]
@@ -112,11 +112,7 @@ class MemoryBroker(Broker):
         return entry_id
 
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
-        after = parse_entry_id(after_id)
-        if count < 1:
-            raise ValueError(f"count must be at least 1, got {count}")
-        if block_ms < 0:
-            raise ValueError(f"block_ms must be at least 0, got {block_ms}")
+        after = check_read_request(after_id, count, block_ms)
         deadline = time.monotonic() + block_ms / 1000
 
         # Each pass either returns or waits for an append or close, and the

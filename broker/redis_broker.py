@@ -1,0 +1,235 @@
+"""The Redis broker: one Redis stream per channel, as the original Rust services lay it out.
+
+Each Lua script touches keys of one hash slot only, so the broker works on a
+single Redis and on Redis Cluster alike. The tracking shards live in other
+slots and are updated by separate commands: tracked before the append, so that
+cleanup can find every stream, and untracked after an END.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from broker.base import Broker, Entry, StreamInfo
+from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
+from broker.ids import check_read_request
+from broker.keys import all_tracking_keys, rate_limit_key, tracking_key
+from conduit.errors import BrokerUnavailable
+from conduit.settings import BrokerSettings
+
+__all__ = ["DEFAULT_MAX_BLOCK_MS", "RedisBroker"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BLOCK_MS = 2000
+"""Longest XREAD BLOCK issued unless the constructor sets another; it must stay below the client's socket timeout."""
+
+_SWEEP_BATCH_SIZE = 100
+_DELETED = 1
+_KEPT = -1
+
+
+def _load_script(name: str) -> str:
+    return resources.files("broker").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+_APPEND_SCRIPT = _load_script("append.lua")
+_DELETE_IF_IDLE_SCRIPT = _load_script("delete_if_idle.lua")
+_UNTRACK_IF_IDLE_SCRIPT = _load_script("untrack_if_idle.lua")
+_INFO_SCRIPT = _load_script("info.lua")
+
+
+class RedisBroker(Broker):
+    """Broker on Redis Streams through a redis-py asyncio client (single node or cluster).
+
+    ``read`` blocks at most ``max_block_ms`` per call, whatever ``block_ms``
+    requests, and returns an empty list when that shorter wait ends, so a
+    blocked XREAD never outlives the client's socket timeout. Callers loop anyway.
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        settings: BrokerSettings,
+        *,
+        max_block_ms: int = DEFAULT_MAX_BLOCK_MS,
+    ) -> None:
+        if max_block_ms < 1:
+            raise ValueError(f"max_block_ms must be at least 1, got {max_block_ms}")
+        self._client = client
+        self._settings = settings
+        self._max_block_ms = max_block_ms
+        # register_script makes no network call; each script is sent with
+        # EVALSHA and loaded on the first NOSCRIPT reply.
+        self._append_script = client.register_script(_APPEND_SCRIPT)
+        self._delete_if_idle_script = client.register_script(_DELETE_IF_IDLE_SCRIPT)
+        self._untrack_if_idle_script = client.register_script(_UNTRACK_IF_IDLE_SCRIPT)
+        self._info_script = client.register_script(_INFO_SCRIPT)
+        # Deadlines of the reads in progress, which close() moves to now.
+        self._read_deadlines: set[asyncio.Timeout] = set()
+        self._closed = False
+
+    async def append(self, stream: str, data: bytes, *, end: bool) -> str:
+        self._check_open()
+
+        with redis_errors_as_unavailable("append"):
+            await self._client.zadd(tracking_key(stream), {stream: int(time.time())})
+            appended, value = await self._append_script(
+                keys=[stream, rate_limit_key(stream)],
+                args=[
+                    data,
+                    self._settings.max_stream_len,
+                    self._settings.rate_limit,
+                    self._settings.rate_window_s * 1000,
+                    1 if end else 0,
+                    self._settings.stream_ttl_s,
+                ],
+            )
+        if not appended:
+            raise rate_limited(
+                stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000
+            )
+        entry_id = value.decode()
+
+        if end:
+            await self._untrack_ended(stream, entry_id)
+        return entry_id
+
+    async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
+        check_read_request(after_id, count, block_ms)
+        self._check_open()
+        # XREAD BLOCK 0 waits forever, so a zero block_ms sends no BLOCK at all.
+        block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
+
+        deadline = asyncio.timeout(None)
+        self._read_deadlines.add(deadline)
+        try:
+            async with deadline:
+                with redis_errors_as_unavailable("read"):
+                    response = await self._client.xread({stream: after_id}, count=count, block=block)
+        except TimeoutError:
+            # Only close() moves this deadline, and every other timeout was
+            # already turned into BrokerUnavailable inside.
+            raise broker_closed() from None
+        finally:
+            self._read_deadlines.discard(deadline)
+
+        return _entries_from_xread(stream, response)
+
+    async def info(self, stream: str) -> StreamInfo | None:
+        self._check_open()
+        with redis_errors_as_unavailable("info"):
+            reply = await self._info_script(keys=[stream])
+        if reply is None:
+            return None
+        length, first_id, last_id, ttl_ms = reply
+        return StreamInfo(
+            length=int(length),
+            first_id=first_id.decode() if first_id is not None else None,
+            last_id=last_id.decode() if last_id is not None else None,
+            ttl_s=ttl_ms / 1000 if ttl_ms >= 0 else None,
+        )
+
+    async def delete_idle(self, idle_s: float, *, now_s: float | None = None) -> list[str]:
+        """Sweep every tracking shard, deleting idle streams and untracking vanished ones.
+
+        Each stream is checked and deleted by a script on its own key, then
+        untracked by a script on the shard that keeps it when a publish raised
+        its score past the cutoff meanwhile. A sweep visits at most the members
+        a shard had in range when the sweep reached it. Streams that a
+        concurrent change moves past the batch offset wait for the next sweep.
+        """
+        self._check_open()
+        if idle_s < 0:
+            raise ValueError(f"idle_s must be at least 0, got {idle_s}")
+        cutoff_s = (time.time() if now_s is None else now_s) - idle_s
+
+        deleted: list[str] = []
+        with redis_errors_as_unavailable("cleanup"):
+            for shard in all_tracking_keys():
+                deleted.extend(await self._sweep_shard(shard, cutoff_s))
+        return deleted
+
+    async def ping(self) -> None:
+        self._check_open()
+        with redis_errors_as_unavailable("ping"):
+            await self._client.ping()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for deadline in list(self._read_deadlines):
+            deadline.reschedule(loop.time())
+        with redis_errors_as_unavailable("close"):
+            await self._client.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise broker_closed()
+
+    async def _untrack_ended(self, stream: str, entry_id: str) -> None:
+        """Take an ended stream off tracking; a failure is logged, not raised.
+
+        The END entry is already stored with its expiry, so failing the publish
+        now would make the caller repeat it. A stream left tracked expires and
+        the next cleanup sweep untracks it.
+        """
+        try:
+            with redis_errors_as_unavailable("untrack"):
+                await self._client.zrem(tracking_key(stream), stream)
+        except BrokerUnavailable as error:
+            logger.warning(
+                "could not untrack ended stream; cleanup will untrack it after it expires",
+                extra={"stream": stream, "entry_id": entry_id, "error": str(error)},
+            )
+
+    async def _sweep_shard(self, shard: str, cutoff_s: float) -> list[str]:
+        cutoff_ms = int(cutoff_s * 1000)
+        remaining = await self._client.zcount(shard, "-inf", cutoff_s)
+        deleted: list[str] = []
+        # Deleted and untracked members leave the range while kept ones stay
+        # at its front, so the next batch starts after the kept ones.
+        kept_count = 0
+        while remaining > 0:
+            members = await self._client.zrangebyscore(
+                shard, "-inf", cutoff_s, start=kept_count, num=min(_SWEEP_BATCH_SIZE, remaining)
+            )
+            if not members:
+                break
+            remaining -= len(members)
+
+            for member in members:
+                outcome = await self._delete_if_idle_script(keys=[member], args=[cutoff_ms])
+                if outcome == _KEPT:
+                    kept_count += 1
+                    continue
+                if outcome == _DELETED:
+                    deleted.append(member.decode("utf-8", errors="replace"))
+                await self._untrack_if_idle_script(keys=[shard], args=[member, cutoff_s])
+        return deleted
+
+
+def _entries_from_xread(stream: str, response: Any) -> list[Entry]:
+    """Turn an XREAD reply in RESP2 form, ``[[name, [(id, fields), ...]]]``, into entries."""
+    entries = []
+    for _name, raw_entries in response or []:
+        for raw_id, fields in raw_entries:
+            entry_id = raw_id.decode()
+            data = fields.get(b"data") if fields else None
+            if data is None:
+                logger.warning(
+                    "skipped stream entry without a data field",
+                    extra={"stream": stream, "entry_id": entry_id},
+                )
+                continue
+            entries.append(Entry(entry_id, data))
+    return entries
