@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from conduit.errors import BrokerUnavailable, RateLimited
 
@@ -28,12 +28,12 @@ def broker_closed() -> BrokerUnavailable:
 
 @contextmanager
 def redis_errors_as_unavailable(action: str) -> Iterator[None]:
-    """Raise BrokerUnavailable, chained, for any Redis or socket error inside the block.
+    """Raise BrokerUnavailable, chained, for any redis-py or socket error inside the block.
 
     The message names ``action`` and the error class only: redis-py messages may
     carry the server address, which callers should not see.
     """
     try:
         yield
-    except (RedisError, OSError) as error:
+    except (RedisError, RedisClusterException, OSError) as error:
         raise BrokerUnavailable(f"Redis {action} failed ({type(error).__name__})") from error

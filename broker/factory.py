@@ -13,7 +13,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from broker.base import Broker
 from broker.memory import MemoryBroker
@@ -59,7 +59,7 @@ def create_broker(
             client = _cluster_client(settings.redis_url, max_connections)
         else:
             client = _single_client(settings.redis_url, max_connections)
-    except (ValueError, RedisError):
+    except (ValueError, RedisError, RedisClusterException):
         raise ConfigError(
             "REDIS_URL is not a valid Redis URL for this mode; check its host, port, "
             "database and query options (REDIS_CLUSTER=1 needs a redis:// or rediss:// URL)"
