@@ -1,0 +1,155 @@
+"""The tools for people: ``conduit token``, ``conduit send`` and ``conduit tail``.
+
+Tokens come from the configured keys when their variables are set
+(PUBLISH_JWT_SECRET/ISSUER/AUDIENCE for publishers, GATEWAY_JWT_PRIVATE_KEY/
+ISSUER/AUDIENCE for subscribers), and from the dev keys in the state folder
+otherwise, so that against ``conduit dev`` no token flags are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+import httpx
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from conduit.client import (
+    PHASES,
+    PublishRejected,
+    SubscribeFailed,
+    build_request,
+    demo_requests,
+    parse_payload,
+    publish_grpc,
+    publish_grpc_stream,
+    publish_http_many,
+    tail_events,
+)
+from conduit.dev_keys import load_dev_keys
+from conduit.errors import ConfigError
+from conduit.settings import read_pem
+from conduit.tokens import mint_publisher_token, mint_subscriber_token
+
+__all__ = ["publisher_token", "run_send", "run_tail", "subscriber_token"]
+
+
+def publisher_token(environ: Mapping[str, str], state_dir: Path, ttl_s: int) -> str:
+    """Mint a publisher token from PUBLISH_JWT_* when PUBLISH_JWT_SECRET is set, else from the dev keys."""
+    secret = _get(environ, "PUBLISH_JWT_SECRET")
+    if secret is None:
+        return load_dev_keys(state_dir).publisher_token(ttl_s=ttl_s)
+    return mint_publisher_token(
+        secret,
+        issuer=_required(environ, "PUBLISH_JWT_ISSUER"),
+        audience=_required(environ, "PUBLISH_JWT_AUDIENCE"),
+        ttl_s=ttl_s,
+    )
+
+
+def subscriber_token(environ: Mapping[str, str], state_dir: Path, org_id: int, channel_id: str, ttl_s: int) -> str:
+    """Mint a subscriber token from GATEWAY_JWT_PRIVATE_KEY and GATEWAY_JWT_* when set, else from the dev keys."""
+    raw_key = _get(environ, "GATEWAY_JWT_PRIVATE_KEY")
+    if raw_key is None:
+        return load_dev_keys(state_dir).subscriber_token(org_id, channel_id, ttl_s=ttl_s)
+    pem = read_pem(raw_key, "GATEWAY_JWT_PRIVATE_KEY")
+    try:
+        load_pem_private_key(pem.encode("ascii"), password=None)
+    except (ValueError, TypeError, UnicodeEncodeError):
+        raise ConfigError("GATEWAY_JWT_PRIVATE_KEY is not an unencrypted PEM-encoded RSA private key") from None
+    return mint_subscriber_token(
+        pem,
+        issuer=_required(environ, "GATEWAY_JWT_ISSUER"),
+        audience=_required(environ, "GATEWAY_JWT_AUDIENCE"),
+        org_id=org_id,
+        channel_id=channel_id,
+        ttl_s=ttl_s,
+    )
+
+
+async def run_send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Publish one message or a demo stream and print each stream id; return the exit status."""
+    token = args.token or publisher_token(os.environ, args.state_dir, ttl_s=300)
+    if args.demo is not None:
+        requests = demo_requests(args.org_id, args.channel_id, args.demo)
+    else:
+        try:
+            payload = parse_payload(args.payload) if args.payload is not None else None
+        except ValueError as error:
+            raise ConfigError(f"--payload {error}") from None
+        requests = [
+            build_request(
+                org_id=args.org_id,
+                channel_id=args.channel_id,
+                phase=PHASES[args.phase],
+                sequence=args.sequence,
+                payload=payload,
+                message_id=args.message_id,
+            )
+        ]
+
+    interval_s = args.interval_ms / 1000
+    try:
+        if args.grpc and len(requests) == 1:
+            print(await publish_grpc(args.grpc_target, requests[0], token), file=out, flush=True)
+        elif args.grpc:
+            async with contextlib.aclosing(
+                publish_grpc_stream(args.grpc_target, requests, token, interval_s=interval_s)
+            ) as stream_ids:
+                async for stream_id in stream_ids:
+                    print(stream_id, file=out, flush=True)
+        else:
+            async with contextlib.aclosing(
+                publish_http_many(args.url, requests, token, interval_s=interval_s)
+            ) as stream_ids:
+                async for stream_id in stream_ids:
+                    print(stream_id, file=out, flush=True)
+    except PublishRejected as error:
+        print(f"conduit send: {error}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as error:
+        print(f"conduit send: cannot reach {args.url}: {error or type(error).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Print a channel's events, one line each (``<id> <event> <data>``), until END; return the exit status."""
+    token = args.token or subscriber_token(os.environ, args.state_dir, args.org_id, args.channel_id, ttl_s=3600)
+    events = tail_events(
+        args.url,
+        args.org_id,
+        args.channel_id,
+        token,
+        last_event_id=args.last_event_id,
+        max_reconnects=args.max_reconnects,
+    )
+    try:
+        async with asyncio.timeout(args.timeout_s), contextlib.aclosing(events):
+            async for event in events:
+                print(f"{event.id or '-'} {event.event} {event.data}", file=out, flush=True)
+    except SubscribeFailed as error:
+        print(f"conduit tail: {error}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"conduit tail: no END event within --timeout-s {args.timeout_s:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _get(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _required(environ: Mapping[str, str], name: str) -> str:
+    value = _get(environ, name)
+    if value is None:
+        raise ConfigError(f"{name} is required but not set")
+    return value

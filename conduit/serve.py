@@ -1,0 +1,121 @@
+"""Run one role of ``conduit serve`` until SIGTERM or SIGINT, then shut it down in order.
+
+Shutdown per role: the gateway sends the drain event to open streams and
+closes them, the publish service finishes in-flight publishes, cleanup stops
+after the current sweep. The broker closes last. Each server's ``stop`` is
+bounded by ``SHUTDOWN_GRACE_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from broker import create_broker
+from broker.base import Broker
+from conduit.settings import Settings
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+
+__all__ = ["SERVE_ROLES", "SHUTDOWN_GRACE_S", "ServeRole", "create_server", "serve", "stop_on_signals"]
+
+logger = logging.getLogger(__name__)
+
+ServeRole = Literal["publish", "gateway", "cleanup"]
+SERVE_ROLES: tuple[ServeRole, ...] = ("publish", "gateway", "cleanup")
+SHUTDOWN_GRACE_S = 10.0
+
+
+class Server(Protocol):
+    """Lifecycle interface that the publish service and the gateway share."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_s: float = ...) -> None: ...
+
+
+@contextlib.contextmanager
+def stop_on_signals(stopping: asyncio.Event) -> Iterator[None]:
+    """Set ``stopping`` on SIGTERM or SIGINT while the block runs, instead of raising KeyboardInterrupt."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, _on_signal, number, stopping)
+    try:
+        yield
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+
+def _on_signal(number: signal.Signals, stopping: asyncio.Event) -> None:
+    if stopping.is_set():
+        logger.warning("stop signal received again; shutdown is already in progress", extra={"signal": number.name})
+        return
+    logger.info("stop signal received; shutting down", extra={"signal": number.name})
+    stopping.set()
+
+
+def create_server(
+    role: Literal["publish", "gateway"],
+    settings: Settings,
+    broker: Broker,
+    *,
+    extra_route_handlers: Sequence[HTTPRouteHandler] = (),
+) -> Any:
+    """Build the publish service or the gateway; only dev mode passes ``extra_route_handlers``.
+
+    Extra routes come with CORS open to every method, preflight included,
+    because Litestar applies one CORS configuration per app.
+    """
+    # Imported here so that `conduit token` and `conduit send` load neither service.
+    if role == "publish":
+        from publish_grpc.server import PublishServer
+
+        return PublishServer(settings, broker)
+    from gateway_http.server import GatewayServer
+
+    return GatewayServer(
+        settings,
+        broker,
+        extra_route_handlers=extra_route_handlers,
+        cors_allow_all_methods=bool(extra_route_handlers),
+    )
+
+
+async def serve(role: ServeRole, settings: Settings, stopping: asyncio.Event) -> None:
+    """Start ``role`` on a new broker, run it until ``stopping`` is set, then stop it and close the broker."""
+    broker = create_broker(settings.broker)
+    try:
+        if role == "cleanup":
+            await _run_cleanup(broker, settings, stopping)
+        else:
+            await _run_server(create_server(role, settings, broker), stopping)
+    finally:
+        await broker.close()
+        logger.info("stopped", extra={"role": role})
+
+
+async def _run_server(server: Server, stopping: asyncio.Event) -> None:
+    # stop() also runs after a failed start(), so a half-started server releases its ports.
+    try:
+        await server.start()
+        logger.info("started; waiting for SIGTERM or SIGINT")
+        await stopping.wait()
+    finally:
+        await server.stop(grace_s=SHUTDOWN_GRACE_S)
+
+
+async def _run_cleanup(broker: Broker, settings: Settings, stopping: asyncio.Event) -> None:
+    from broker.cleanup import run_cleanup
+
+    logger.info(
+        "cleanup role started; waiting for SIGTERM or SIGINT",
+        extra={"interval_s": settings.cleanup.interval_s, "stream_idle_s": settings.cleanup.stream_idle_s},
+    )
+    await run_cleanup(broker, settings.cleanup, stopping)
