@@ -55,9 +55,14 @@ class Broker(abc.ABC):
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
         """Return up to ``count`` entries with ids greater than ``after_id``, oldest first.
 
-        ``after_id`` is ``"0-0"`` for the start of the stream. When there are
-        none, wait up to ``block_ms`` for one and return an empty list on time-out.
-        A stream that does not exist yet reads as empty.
+        ``after_id`` is ``"0-0"`` for the start of the stream, and a bare
+        ``<ms>`` means ``<ms>-0``. When there are none, wait up to ``block_ms``
+        for one and return an empty list on time-out. ``block_ms=0`` returns at
+        once. An implementation may end a long wait sooner with an empty list,
+        so callers read in a loop. A stream that does not exist yet reads as
+        empty. Raises InvalidArgument for a malformed ``after_id`` and
+        ValueError for ``count < 1`` or ``block_ms < 0``. A read waiting when
+        ``close()`` is called raises BrokerUnavailable.
         """
 
     @abc.abstractmethod
@@ -79,4 +84,4 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Release connections and wake waiting readers; the broker is unusable afterwards."""
+        """Release connections and wake waiting readers; later calls raise BrokerUnavailable."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from importlib import resources
 from typing import Any
 
@@ -19,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
-from broker.ids import check_read_request
+from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, rate_limit_key, tracking_key
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -32,6 +33,7 @@ DEFAULT_MAX_BLOCK_MS = 2000
 """Longest XREAD BLOCK issued unless the constructor sets another; it must stay below the client's socket timeout."""
 
 _SWEEP_BATCH_SIZE = 100
+_MAX_REPORTED_FOREIGN_ENTRIES = 1024
 _DELETED = 1
 _KEPT = -1
 
@@ -74,6 +76,7 @@ class RedisBroker(Broker):
         self._info_script = client.register_script(_INFO_SCRIPT)
         # Deadlines of the reads in progress, which close() moves to now.
         self._read_deadlines: set[asyncio.Timeout] = set()
+        self._reported_foreign_entries: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._closed = False
 
     async def append(self, stream: str, data: bytes, *, end: bool) -> str:
@@ -103,7 +106,13 @@ class RedisBroker(Broker):
         return entry_id
 
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
-        check_read_request(after_id, count, block_ms)
+        """Read per the Broker contract, skipping entries without a ``data`` field.
+
+        Such entries come from another writer. The read continues past them
+        within the same call, so a caller that resumes from the last entry it
+        received never spins on them.
+        """
+        position = format_entry_id(*check_read_request(after_id, count, block_ms))
         self._check_open()
         # XREAD BLOCK 0 waits forever, so a zero block_ms sends no BLOCK at all.
         block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
@@ -112,16 +121,20 @@ class RedisBroker(Broker):
         self._read_deadlines.add(deadline)
         try:
             async with deadline:
-                with redis_errors_as_unavailable("read"):
-                    response = await self._client.xread({stream: after_id}, count=count, block=block)
+                # Each pass moves past at least one entry of a finite stream.
+                while True:
+                    with redis_errors_as_unavailable("read"):
+                        response = await self._client.xread({stream: position}, count=count, block=block)
+                    entries, last_id = self._entries_from_xread(stream, response)
+                    if entries or last_id is None:
+                        return entries
+                    position = last_id
         except TimeoutError:
             # Only close() moves this deadline, and every other timeout was
             # already turned into BrokerUnavailable inside.
             raise broker_closed() from None
         finally:
             self._read_deadlines.discard(deadline)
-
-        return _entries_from_xread(stream, response)
 
     async def info(self, stream: str) -> StreamInfo | None:
         self._check_open()
@@ -217,19 +230,33 @@ class RedisBroker(Broker):
                 await self._untrack_if_idle_script(keys=[shard], args=[member, cutoff_s])
         return deleted
 
+    def _entries_from_xread(self, stream: str, response: Any) -> tuple[list[Entry], str | None]:
+        """Return the entries of an XREAD reply in RESP2 form and the last id it contained.
 
-def _entries_from_xread(stream: str, response: Any) -> list[Entry]:
-    """Turn an XREAD reply in RESP2 form, ``[[name, [(id, fields), ...]]]``, into entries."""
-    entries = []
-    for _name, raw_entries in response or []:
-        for raw_id, fields in raw_entries:
-            entry_id = raw_id.decode()
-            data = fields.get(b"data") if fields else None
-            if data is None:
-                logger.warning(
-                    "skipped stream entry without a data field",
-                    extra={"stream": stream, "entry_id": entry_id},
-                )
-                continue
-            entries.append(Entry(entry_id, data))
-    return entries
+        The reply looks like ``[[name, [(id, fields), ...]]]``. Entries without
+        a ``data`` field are left out and logged once each.
+        """
+        entries = []
+        last_id = None
+        for _name, raw_entries in response or []:
+            for raw_id, fields in raw_entries:
+                last_id = raw_id.decode()
+                data = fields.get(b"data") if fields else None
+                if data is None:
+                    self._report_foreign_entry(stream, last_id)
+                    continue
+                entries.append(Entry(last_id, data))
+        return entries, last_id
+
+    def _report_foreign_entry(self, stream: str, entry_id: str) -> None:
+        # Every later read from before the entry skips it again, so only the
+        # first skip is logged. The set of reported entries has a fixed size.
+        if (stream, entry_id) in self._reported_foreign_entries:
+            return
+        self._reported_foreign_entries[(stream, entry_id)] = None
+        if len(self._reported_foreign_entries) > _MAX_REPORTED_FOREIGN_ENTRIES:
+            self._reported_foreign_entries.popitem(last=False)
+        logger.warning(
+            "skipped stream entry without a data field",
+            extra={"stream": stream, "entry_id": entry_id},
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -119,6 +120,42 @@ async def test_read_skips_entry_without_data_field(
     entries = await redis_broker.read(stream, "0-0", count=10, block_ms=0)
 
     assert [entry.id for entry in entries] == [entry_id]
+
+
+async def test_read_past_trailing_foreign_entry_waits(
+    redis_backend: Backend, redis_broker: Broker
+) -> None:
+    raw = redis_backend.raw
+    assert raw is not None
+    stream = new_stream()
+    first_id = await redis_broker.append(stream, b"first", end=False)
+    await raw.xadd(stream, {"other": "field"})
+    reader = asyncio.create_task(redis_broker.read(stream, first_id, count=10, block_ms=5000))
+    await redis_backend.wait_until_reader_blocked()
+
+    second_id = await redis_broker.append(stream, b"second", end=False)
+    entries = await asyncio.wait_for(reader, OUTAGE_TIMEOUT_S)
+
+    assert [entry.id for entry in entries] == [second_id]
+
+
+async def test_read_foreign_entry_logged_once(
+    redis_backend: Backend, redis_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = redis_backend.raw
+    assert raw is not None
+    stream = new_stream()
+    foreign_id = (await raw.xadd(stream, {"other": "field"})).decode()
+
+    first = await redis_broker.read(stream, "0-0", count=10, block_ms=0)
+    second = await redis_broker.read(stream, "0-0", count=10, block_ms=0)
+
+    assert first == []
+    assert second == []
+    records = [r for r in caplog.records if r.getMessage() == "skipped stream entry without a data field"]
+    assert len(records) == 1
+    assert records[0].levelno == logging.WARNING
+    assert records[0].entry_id == foreign_id  # type: ignore[attr-defined]
 
 
 async def test_read_long_block_is_capped(redis_broker: Broker) -> None:
