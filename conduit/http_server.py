@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Iterator
 
@@ -73,10 +74,16 @@ class HttpServer:
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"{self.name}-http")
         logger.info("%s listening", self.name, extra={"host": self._host, "port": self.port})
 
-    async def stop(self) -> None:
-        """Stop accepting, let open requests finish within the shutdown timeout, then close."""
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop accepting, let open requests finish within the grace period, then close.
+
+        ``grace_s`` is rounded up to whole seconds, as uvicorn takes them, and
+        defaults to the ``shutdown_timeout_s`` given at construction.
+        """
         if self._task is None:
             return
+        if grace_s is not None:
+            self._config.timeout_graceful_shutdown = max(0, math.ceil(grace_s))
         self._server.should_exit = True
         try:
             await asyncio.wait_for(asyncio.shield(self._task), self._config.timeout_graceful_shutdown + 5)
