@@ -1,0 +1,120 @@
+"""Publisher authentication: ``authorization: Bearer <HS256 JWT>``.
+
+The same header value arrives as an HTTP header or as gRPC metadata. Error
+messages name what is wrong with the token and never contain the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import jwt
+
+from conduit.errors import Unauthenticated
+from conduit.settings import JwtSettings
+
+__all__ = ["DEFAULT_CACHE_SIZE", "TokenVerifier"]
+
+DEFAULT_CACHE_SIZE = 1024
+_ALGORITHMS = ["HS256"]
+_REQUIRED_CLAIMS = ["exp", "iss", "aud"]
+_USAGE = "send 'authorization: Bearer <token>'"
+_DETAIL_MAX_CHARS = 120
+
+
+class TokenVerifier:
+    """Verify publisher tokens and remember the valid ones until their ``exp``.
+
+    A hot publisher sends the same token on every call, so only its first call
+    pays for the HMAC check and claim validation. The cache stores SHA-256
+    digests of tokens, never the tokens, and at most ``cache_size`` of them,
+    evicting the least recently used.
+    """
+
+    def __init__(
+        self,
+        settings: JwtSettings,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = settings.key
+        self._issuer = settings.issuer
+        self._audience = settings.audience
+        self._cache_size = cache_size
+        self._clock = clock
+        self._expiry_by_digest: OrderedDict[bytes, float] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"TokenVerifier(issuer={self._issuer!r}, audience={self._audience!r}, cached={len(self)})"
+
+    def __len__(self) -> int:
+        """Number of tokens currently cached."""
+        return len(self._expiry_by_digest)
+
+    def verify(self, authorization: str | None) -> None:
+        """Return when ``authorization`` carries a valid token; raise Unauthenticated otherwise."""
+        token = _bearer_token(authorization)
+        digest = hashlib.sha256(token.encode()).digest()
+
+        expires_at = self._expiry_by_digest.get(digest)
+        if expires_at is not None:
+            if self._clock() < expires_at:
+                self._expiry_by_digest.move_to_end(digest)
+                return
+            del self._expiry_by_digest[digest]
+            raise Unauthenticated("token has expired: mint a new one")
+
+        claims = self._decode(token)
+        self._expiry_by_digest[digest] = float(claims["exp"])
+        if len(self._expiry_by_digest) > self._cache_size:
+            self._expiry_by_digest.popitem(last=False)
+
+    def _decode(self, token: str) -> dict[str, object]:
+        try:
+            return jwt.decode(
+                token,
+                self._secret,
+                algorithms=_ALGORITHMS,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": _REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("token has expired: mint a new one") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthenticated("token signature is invalid: it was not signed with the publisher secret") from None
+        except jwt.InvalidAlgorithmError:
+            raise Unauthenticated("token algorithm is not accepted: publisher tokens must use HS256") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise Unauthenticated(f"token is missing the required {error.claim!r} claim") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("token issuer (iss) is not the one this service accepts") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("token audience (aud) is not the one this service accepts") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthenticated("token is not valid yet: its nbf or iat is in the future") from None
+        except jwt.DecodeError as error:
+            raise Unauthenticated(f"token is malformed: {_shorten(str(error))}") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthenticated(f"token is invalid: {_shorten(str(error))}") from None
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if authorization is None or authorization.strip() == "":
+        raise Unauthenticated(f"authorization is missing: {_USAGE}")
+    # The scheme is case-insensitive (RFC 7235); the token itself is never quoted back.
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthenticated(f"authorization must use the Bearer scheme: {_USAGE}")
+    token = token.strip()
+    if token == "":
+        raise Unauthenticated(f"authorization has the Bearer scheme but no token: {_USAGE}")
+    return token
+
+
+def _shorten(detail: str) -> str:
+    return detail if len(detail) <= _DETAIL_MAX_CHARS else detail[:_DETAIL_MAX_CHARS] + "..."
