@@ -1,0 +1,83 @@
+"""The native front door: ``conduit.v1alpha.PublishService`` on grpc.aio.
+
+Requests reach the servicer as the raw bytes of the PublishRequest, not as a
+decoded message. With the generated deserializer, an undecodable request would
+end as UNKNOWN before any of our code ran. Here it ends as INVALID_ARGUMENT
+with the reason, and the size check and the stored bytes use the wire encoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from conduit.errors import GRPC_STATUS, ConduitError, RateLimited
+from conduit.v1alpha import publish_pb2, publish_pb2_grpc
+from conduit.v1alpha.publish_pb2 import PublishResponse
+from publish_grpc.publisher import Publisher
+
+__all__ = ["SERVICE_NAME", "PublishServicer", "add_publish_servicer"]
+
+SERVICE_NAME: str = publish_pb2.DESCRIPTOR.services_by_name["PublishService"].full_name
+
+
+class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
+    """Publish and PublishStream over one shared ``Publisher``."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    async def Publish(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
+        """Append one message; errors end the call with the status that GRPC_STATUS maps."""
+        return await self._publish_one(request, context)
+
+    async def PublishStream(
+        self,
+        request_iterator: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[PublishResponse]:
+        """Append each message and respond to each in order; the first error ends the stream with its status.
+
+        The token is checked on every message, which the verifier's cache makes
+        cheap, so a stream stops being accepted once its token expires.
+        """
+        async for request in request_iterator:
+            yield await self._publish_one(request, context)
+
+    async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
+        try:
+            with self._publisher.attempt("grpc") as attempt:
+                self._publisher.authenticate(_authorization(context))
+                stream_id = await self._publisher.publish(attempt, request)
+        except ConduitError as error:
+            trailing: tuple[tuple[str, str], ...] = ()
+            if isinstance(error, RateLimited):
+                trailing = (("retry-after", error.retry_after_header),)
+            await context.abort(GRPC_STATUS[type(error)], error.message, trailing_metadata=trailing)
+        return PublishResponse(stream_id=stream_id)
+
+
+def add_publish_servicer(servicer: PublishServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` on ``server`` with requests passed through undecoded."""
+    handlers = {
+        "Publish": grpc.unary_unary_rpc_method_handler(
+            servicer.Publish,
+            request_deserializer=None,
+            response_serializer=PublishResponse.SerializeToString,
+        ),
+        "PublishStream": grpc.stream_stream_rpc_method_handler(
+            servicer.PublishStream,
+            request_deserializer=None,
+            response_serializer=PublishResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None

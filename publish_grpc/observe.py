@@ -1,0 +1,165 @@
+"""Metrics and logs for every publish, recorded at the front doors.
+
+Each front door wraps one publish in ``PublishAttempt``, which times it, counts
+its outcome and logs a rejection. Accepted publishes are counted, not logged:
+one line per message would drown everything else at the rates publishers send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from conduit.errors import (
+    BrokerUnavailable,
+    ConduitError,
+    InvalidArgument,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
+from conduit.v1alpha.publish_pb2 import PublishRequest
+from publish_grpc.validation import ValidatedPublish, describe_value
+
+__all__ = ["FrontDoor", "PublishAttempt", "outcome_of"]
+
+logger = logging.getLogger(__name__)
+
+FrontDoor = Literal["grpc", "http"]
+
+PUBLISHES = Counter(
+    "conduit_publish_requests",
+    "Publish requests answered, by front door and outcome.",
+    ["front_door", "outcome"],
+)
+PUBLISH_DURATION = Histogram(
+    "conduit_publish_duration_seconds",
+    "Time from receiving a publish to answering it, by front door.",
+    ["front_door"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+PUBLISHES_IN_FLIGHT = Gauge(
+    "conduit_publish_in_flight",
+    "Publishes being processed now, by front door.",
+    ["front_door"],
+)
+
+_OUTCOMES: dict[type[ConduitError], str] = {
+    InvalidArgument: "invalid_argument",
+    Unauthenticated: "unauthenticated",
+    PermissionDenied: "permission_denied",
+    PayloadTooLarge: "payload_too_large",
+    RateLimited: "rate_limited",
+    BrokerUnavailable: "broker_unavailable",
+}
+
+# Rejection lines are limited per window, because a misbehaving publisher can
+# send thousands a second; the metrics still count every one.
+_LOG_WINDOW_S = 10.0
+_LOG_LINES_PER_WINDOW = 20
+
+
+def outcome_of(error: BaseException) -> str:
+    """Return the metric label for how a publish that raised ``error`` ended."""
+    for error_class, outcome in _OUTCOMES.items():
+        if isinstance(error, error_class):
+            return outcome
+    return "internal"
+
+
+class _RejectionLogLimiter:
+    """Allow a bounded number of log lines per window and count the ones it drops."""
+
+    def __init__(self) -> None:
+        self._window_started = 0.0
+        self._lines_in_window = 0
+        self.suppressed = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._window_started >= _LOG_WINDOW_S:
+            self._window_started = now
+            self._lines_in_window = 0
+        if self._lines_in_window >= _LOG_LINES_PER_WINDOW:
+            self.suppressed += 1
+            return False
+        self._lines_in_window += 1
+        return True
+
+
+# One limiter per level, so a flood of bad requests cannot hide broker warnings.
+_limiters = {logging.INFO: _RejectionLogLimiter(), logging.WARNING: _RejectionLogLimiter()}
+
+
+class PublishAttempt:
+    """Context manager around one publish: duration, outcome counter, rejection log.
+
+    ``note_*`` record the ids known so far, so a rejection is logged with as
+    many of org_id, channel_id and message_id as the request got to carry.
+    The exception leaves the block unchanged, and each front door turns it into its response.
+    """
+
+    def __init__(self, front_door: FrontDoor) -> None:
+        self.front_door = front_door
+        self._ids: dict[str, object] = {}
+        self._started = 0.0
+
+    def note_path(self, org_id: str, channel_id: str) -> None:
+        """Record the raw ids of an HTTP path, before they are validated."""
+        self._ids["org_id"] = describe_value(org_id)
+        self._ids["channel_id"] = describe_value(channel_id)
+
+    def note_request(self, request: PublishRequest) -> None:
+        """Record the raw ids of a decoded request, before they are validated."""
+        if request.org_id:
+            self._ids["org_id"] = request.org_id
+        if request.channel_id:
+            self._ids["channel_id"] = describe_value(request.channel_id)
+        self._ids["message_id"] = describe_value(request.message_id)
+
+    def note_publish(self, publish: ValidatedPublish) -> None:
+        """Record the validated ids."""
+        self._ids = {"org_id": publish.org_id, "channel_id": publish.channel_id, "message_id": publish.message_id}
+
+    def __enter__(self) -> PublishAttempt:
+        self._started = time.perf_counter()
+        PUBLISHES_IN_FLIGHT.labels(self.front_door).inc()
+        return self
+
+    def __exit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        PUBLISHES_IN_FLIGHT.labels(self.front_door).dec()
+        PUBLISH_DURATION.labels(self.front_door).observe(time.perf_counter() - self._started)
+
+        if error is None:
+            PUBLISHES.labels(self.front_door, "accepted").inc()
+            return
+        if not isinstance(error, Exception):
+            # Cancelled: the caller went away or the server is stopping.
+            PUBLISHES.labels(self.front_door, "cancelled").inc()
+            return
+
+        outcome = outcome_of(error)
+        PUBLISHES.labels(self.front_door, outcome).inc()
+        if outcome == "internal":
+            logger.error("publish failed", exc_info=error, extra={"front_door": self.front_door, **self._ids})
+            return
+
+        level = logging.WARNING if isinstance(error, BrokerUnavailable) else logging.INFO
+        limiter = _limiters[level]
+        if not limiter.allow():
+            return
+        fields: dict[str, object] = {"front_door": self.front_door, "reason": outcome, **self._ids}
+        if limiter.suppressed:
+            fields["suppressed"] = limiter.suppressed
+            limiter.suppressed = 0
+        logger.log(level, "publish rejected: %s", error, extra=fields)

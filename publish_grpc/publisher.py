@@ -1,0 +1,65 @@
+"""The steps of one publish that both front doors share: authenticate, validate, append."""
+
+from __future__ import annotations
+
+import asyncio
+
+from broker.base import Broker
+from conduit.errors import BrokerUnavailable
+from publish_grpc.auth import TokenVerifier
+from publish_grpc.observe import FrontDoor, PublishAttempt
+from publish_grpc.validation import PathIds, check_request, decode_request
+
+__all__ = ["APPEND_TIMEOUT_S", "Publisher"]
+
+APPEND_TIMEOUT_S = 5.0
+"""Deadline for one ``Broker.append``, above the broker's own socket timeouts."""
+
+
+class Publisher:
+    """Turn an authenticated, encoded PublishRequest into a broker entry."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        verifier: TokenVerifier,
+        *,
+        max_message_bytes: int,
+        append_timeout_s: float = APPEND_TIMEOUT_S,
+    ) -> None:
+        self.broker = broker
+        self.max_message_bytes = max_message_bytes
+        self._verifier = verifier
+        self._append_timeout_s = append_timeout_s
+
+    def attempt(self, front_door: FrontDoor) -> PublishAttempt:
+        """Return the context manager that records one publish's metrics and rejection log."""
+        return PublishAttempt(front_door)
+
+    def authenticate(self, authorization: str | None) -> None:
+        """Raise Unauthenticated unless ``authorization`` is ``Bearer <valid token>``."""
+        self._verifier.verify(authorization)
+
+    async def publish(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> str:
+        """Validate ``data`` and append it to its channel's stream; return the entry id.
+
+        Every check runs before the broker is called, so a request that raises
+        InvalidArgument or PayloadTooLarge leaves nothing behind. RateLimited
+        also leaves nothing, because the broker checks the limit and appends
+        in one atomic step. After BrokerUnavailable for a missed deadline, the
+        entry may or may not be stored.
+        """
+        request = decode_request(data, max_message_bytes=self.max_message_bytes)
+        attempt.note_request(request)
+        publish = check_request(request, data, path=path)
+        attempt.note_publish(publish)
+
+        try:
+            return await asyncio.wait_for(
+                self.broker.append(publish.stream_key, publish.data, end=publish.end),
+                self._append_timeout_s,
+            )
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
+            ) from None

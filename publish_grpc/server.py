@@ -1,0 +1,126 @@
+"""The publish service: the gRPC server and the HTTP shim on one event loop and one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker.base import Broker
+from conduit.errors import ConfigError
+from conduit.http_server import HttpServer
+from conduit.settings import Settings
+from publish_grpc.auth import TokenVerifier
+from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
+from publish_grpc.http_app import create_http_app
+from publish_grpc.publisher import Publisher
+
+__all__ = ["GRPC_RECEIVE_HEADROOM_BYTES", "PublishServer"]
+
+logger = logging.getLogger(__name__)
+
+GRPC_RECEIVE_HEADROOM_BYTES = 1024
+"""Bytes over ``max_message_bytes`` that the gRPC server still receives.
+
+A request slightly over the limit thus gets our PayloadTooLarge message, which
+gives its size and the limit. A larger one gets gRPC's own RESOURCE_EXHAUSTED."""
+
+_HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class PublishServer:
+    """gRPC ``PublishService`` with health and reflection, plus the HTTP shim.
+
+    The caller owns ``broker``: it is used but never closed here.
+    """
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        if settings.publish_jwt is None:
+            raise ConfigError("PUBLISH_JWT_SECRET is required but not set")
+        self._settings = settings
+        self._draining = False
+        self._publisher = Publisher(
+            broker,
+            TokenVerifier(settings.publish_jwt),
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self._health = health.aio.HealthServicer()
+        self._http = HttpServer(
+            create_http_app(self._publisher, is_draining=lambda: self._draining),
+            settings.host,
+            settings.publish_port,
+            name="publish",
+        )
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_port: int | None = None
+        self._http_port: int | None = None
+
+    @property
+    def grpc_port(self) -> int:
+        """gRPC port actually bound; differs from the setting when that was 0."""
+        if self._grpc_port is None:
+            raise RuntimeError("publish server is not started")
+        return self._grpc_port
+
+    @property
+    def http_port(self) -> int:
+        """HTTP port actually bound; differs from the setting when that was 0."""
+        if self._http_port is None:
+            raise RuntimeError("publish server is not started")
+        return self._http_port
+
+    async def start(self) -> None:
+        """Bind and start the gRPC server, then the HTTP shim; raise OSError when a port is taken."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self._settings.max_message_bytes + GRPC_RECEIVE_HEADROOM_BYTES),
+                # Fail when another process is bound to the port, instead of sharing it.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        add_publish_servicer(PublishServicer(self._publisher), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection([SERVICE_NAME, _HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server)
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+        address = _grpc_address(self._settings.host, self._settings.publish_grpc_port)
+        try:
+            self._grpc_port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"publish: cannot bind gRPC on {address}: {error}") from error
+        await server.start()
+        self._grpc = server
+        logger.info("publish gRPC listening", extra={"host": self._settings.host, "port": self._grpc_port})
+
+        try:
+            await self._http.start()
+        except BaseException:
+            await server.stop(0)
+            self._grpc = None
+            raise
+        self._http_port = self._http.port
+
+    async def stop(self, grace_s: float = 10) -> None:
+        """Drain and stop both servers.
+
+        Readiness and gRPC health turn NOT_SERVING first. Then both servers stop
+        accepting, and requests in flight get up to ``grace_s`` to finish. Any
+        request still running after that is cancelled.
+        """
+        self._draining = True
+        await self._health.enter_graceful_shutdown()
+
+        stops = [self._http.stop(grace_s)]
+        if self._grpc is not None:
+            stops.append(self._grpc.stop(grace_s))
+        await asyncio.gather(*stops)
+        self._grpc = None
+        logger.info("publish server stopped")
+
+
+def _grpc_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
