@@ -179,22 +179,31 @@ async def publish_grpc_stream(
     interval_s: float = 0.0,
     timeout_s: float = 120.0,
 ) -> AsyncIterator[str]:
-    """Send ``requests`` over one ``PublishStream`` call, yielding each stream id as it arrives."""
+    """Send ``requests`` over one ``PublishStream`` call, yielding each stream id as it arrives.
 
-    async def paced() -> AsyncIterator[publish_pb2.PublishRequest]:
-        for index, request in enumerate(requests):
-            if index and interval_s:
-                await asyncio.sleep(interval_s)
-            yield request
-
+    Each message is written only after the response to the previous one has
+    arrived. grpcio's asyncio client (1.85) reports INTERNAL instead of the
+    server's status when a write fails because the server already ended the
+    call, so writing ahead would hide why a publish was rejected.
+    """
     async with grpc.aio.insecure_channel(target) as channel:
         stub = publish_pb2_grpc.PublishServiceStub(channel)
-        call = stub.PublishStream(paced(), metadata=_bearer(token), timeout=timeout_s)
+        call = stub.PublishStream(metadata=_bearer(token), timeout=timeout_s)
         try:
-            async for response in call:
+            for index, request in enumerate(requests):
+                if index and interval_s:
+                    await asyncio.sleep(interval_s)
+                await call.write(request)
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    break
                 yield response.stream_id
+            await call.done_writing()
+            code = await call.code()
         except grpc.aio.AioRpcError as error:
             raise _grpc_rejection(error) from None
+        if code != grpc.StatusCode.OK:
+            raise PublishRejected(f"gRPC {code.name}", await call.details() or "no details")
 
 
 def parse_payload(text: str) -> dict[str, Any]:
