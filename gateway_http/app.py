@@ -1,0 +1,127 @@
+"""The gateway's Litestar app: ``GET /events/{org_id}``, health and metrics, and optional extra routes.
+
+CORS allows any origin, because the credential is the token in the query, never
+a cookie. By default CORS allows GET only. ``cors_allow_all_methods=True``
+widens it to every method and request header, preflight included, so that
+extra routes such as the dev mode's ``POST /dev/...`` handlers work from another
+origin. Litestar applies one CORS configuration per app, so extra handlers
+cannot bring their own.
+
+When a request carries both a ``Last-Event-ID`` header and a ``last_event_id``
+query parameter, the header wins: a browser's EventSource reconnects to the
+same URL and puts the newest id it saw in the header, so the query value is the
+older one. Both are validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from litestar import Litestar, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.exceptions import HTTPException
+from litestar.params import FromPath, FromQuery
+from litestar.types import ControllerRouterHandler, Scope
+
+from broker.base import Broker
+from broker.keys import stream_key
+from conduit.errors import HTTP_STATUS, ConduitError, ConfigError
+from conduit.health import health_handlers
+from conduit.settings import Settings
+from gateway_http.auth import TokenVerifier
+from gateway_http.drain import Drain
+from gateway_http.feed import Feed
+from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id
+from gateway_http.sse import KEEPALIVE_INTERVAL_S, SEND_TIMEOUT_S, SseStream
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+_STREAM_START_ID = "0-0"
+
+
+def create_app(
+    settings: Settings,
+    broker: Broker,
+    feed: Feed,
+    *,
+    drain: Drain,
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+    cors_allow_all_methods: bool = False,
+    keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
+) -> Litestar:
+    """Build the gateway app; ``settings.gateway_jwt`` must be set, and its key is parsed here once.
+
+    ``drain`` counts the open streams and signals them to close on shutdown.
+    While it drains, ``/readyz`` returns 503. ``feed`` delivers the entries.
+    The app neither opens nor closes ``feed`` or ``broker``.
+    """
+    if settings.gateway_jwt is None:
+        raise ConfigError("GATEWAY_JWT_PUBLIC_KEY is required for the gateway but not set")
+    verifier = TokenVerifier(settings.gateway_jwt)
+
+    @get("/events/{org_id:str}", include_in_schema=False)
+    async def events(
+        request: Request[object, object, object],
+        org_id: FromPath[str],
+        token: FromQuery[str | None] = None,
+        channel_id: FromQuery[str | None] = None,
+        last_event_id: FromQuery[str | None] = None,
+    ) -> SseStream:
+        org = parse_org_id(org_id)
+        channel = parse_channel_id(channel_id)
+        header_after_id = parse_last_event_id(request.headers.get("last-event-id"))
+        query_after_id = parse_last_event_id(last_event_id)
+
+        verifier.authorize(token, org_id=org, channel_id=channel)
+
+        return SseStream(
+            feed=feed,
+            stream=stream_key(org, channel),
+            after_id=header_after_id or query_after_id or _STREAM_START_ID,
+            drain=drain,
+            log_fields={"org_id": org, "channel_id": channel},
+            keepalive_interval_s=keepalive_interval_s,
+            send_timeout_s=send_timeout_s,
+        )
+
+    if cors_allow_all_methods:
+        cors = CORSConfig(allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    else:
+        # Last-Event-ID is not a CORS-safelisted header, so a cross-origin
+        # reconnect that sends it needs a preflight that allows it.
+        cors = CORSConfig(allow_origins=["*"], allow_methods=["GET"], allow_headers=["last-event-id", "cache-control"])
+
+    return Litestar(
+        route_handlers=[
+            events,
+            *health_handlers(broker, is_draining=lambda: drain.is_draining),
+            *extra_route_handlers,
+        ],
+        cors_config=cors,
+        exception_handlers={ConduitError: _conduit_error_response},
+        after_exception=[_log_unexpected_error],
+        openapi_config=None,
+        # Logging is configured once per process by conduit.logs.
+        logging_config=None,
+    )
+
+
+def _conduit_error_response(request: Request[object, object, object], error: ConduitError) -> Response[dict[str, object]]:
+    """Build the error response: the status from HTTP_STATUS and a body shaped like Litestar's own errors."""
+    status_code = next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
+    logger.info(
+        "request rejected",
+        extra={"path": request.url.path, "status_code": status_code, "error": error.message},
+    )
+    return Response({"status_code": status_code, "detail": error.message}, status_code=status_code)
+
+
+async def _log_unexpected_error(error: Exception, scope: Scope) -> None:
+    if isinstance(error, (ConduitError, HTTPException)):
+        return
+    # Only the path: the query string can carry a token.
+    logger.error("request failed", exc_info=error, extra={"path": scope.get("path")})

@@ -1,0 +1,61 @@
+"""The count of open SSE streams and the signal for them to close at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["Drain"]
+
+
+class Drain:
+    """Counts open SSE streams and broadcasts the start of a drain to them.
+
+    A stream wraps its lifetime in ``track()`` and watches ``wait_draining()``;
+    the server calls ``start()`` on shutdown and then ``wait_closed()``.
+    """
+
+    def __init__(self) -> None:
+        self._open_count = 0
+        self._draining = asyncio.Event()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+
+    @property
+    def is_draining(self) -> bool:
+        """True once ``start()`` was called; readiness reports 503 from then on."""
+        return self._draining.is_set()
+
+    @property
+    def open_count(self) -> int:
+        """Number of SSE streams open now."""
+        return self._open_count
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one open stream for the duration of the ``with`` block."""
+        self._open_count += 1
+        self._all_closed.clear()
+        try:
+            yield
+        finally:
+            self._open_count -= 1
+            if self._open_count == 0:
+                self._all_closed.set()
+
+    async def wait_draining(self) -> None:
+        """Return once a drain has started, at once if it already has."""
+        await self._draining.wait()
+
+    def start(self) -> None:
+        """Tell every open stream, and every stream that opens from now on, to close."""
+        self._draining.set()
+
+    async def wait_closed(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every tracked stream to close; return whether they all did."""
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True

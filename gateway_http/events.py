@@ -1,0 +1,126 @@
+"""Server-Sent Events frames that the gateway writes, byte for byte.
+
+A stream entry becomes::
+
+    event: stream
+    id: <broker entry id>
+    data: {"event_type":"stream","message_id":"…","channel_id":"…","sequence":2,"phase":"PHASE_DELTA","payload":{…}}
+
+``data`` is one line of compact JSON with exactly those six keys in that
+order. The payload is the entry's ``google.protobuf.Struct`` as plain JSON with
+its keys sorted, because a Struct keeps no key order. A Struct stores every
+number as a double, which ``json_format`` writes as ``2.0``. Here integral
+values up to 2**53 are written as integers (``2``), as ``JSON.stringify`` in a
+browser writes the same object. Larger or fractional values stay floats.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+
+from broker.base import Entry
+from conduit.v1alpha import publish_pb2
+
+__all__ = [
+    "KEEPALIVE_FRAME",
+    "RETRY_FRAME",
+    "RETRY_MS",
+    "StreamEvent",
+    "UndecodableEntry",
+    "control_frame",
+    "encode_entry",
+    "error_frame",
+]
+
+RETRY_MS = 500
+"""Reconnection delay that the browser's EventSource uses after the connection drops."""
+RETRY_FRAME = f"retry: {RETRY_MS}\n\n".encode()
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+
+# Largest integer that a JavaScript number represents exactly (Number.MAX_SAFE_INTEGER).
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class UndecodableEntry(ValueError):
+    """A stream entry that is not a PublishRequest the gateway can forward."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One encoded ``event: stream`` frame and whether its entry ends the stream."""
+
+    frame: bytes
+    is_end: bool
+
+
+def encode_entry(entry: Entry) -> StreamEvent:
+    """Encode ``entry`` as an ``event: stream`` frame; raise UndecodableEntry when it cannot be."""
+    try:
+        request = publish_pb2.PublishRequest.FromString(entry.data)
+    except DecodeError as error:
+        raise UndecodableEntry(f"not a PublishRequest: {error}") from None
+    try:
+        phase = publish_pb2.Phase.Name(request.phase)
+    except ValueError:
+        raise UndecodableEntry(f"unknown phase {request.phase}") from None
+
+    data = {
+        "event_type": "stream",
+        "message_id": request.message_id,
+        "channel_id": request.channel_id,
+        "sequence": request.sequence,
+        "phase": phase,
+        "payload": _struct_to_json(request.payload),
+    }
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as error:
+        raise UndecodableEntry(f"payload is not valid JSON: {error}") from None
+
+    frame = f"event: stream\nid: {entry.id}\ndata: {text}\n\n".encode()
+    return StreamEvent(frame=frame, is_end=request.phase == publish_pb2.PHASE_END)
+
+
+def control_frame(control_type: str) -> bytes:
+    """Encode an ``event: control`` frame with a fresh message id, for example for ``server_draining``."""
+    data = {"event_type": "control", "message_id": str(uuid.uuid4()), "control_type": control_type}
+    return f"event: control\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def error_frame(message: str) -> bytes:
+    """Encode an ``event: error`` frame that gives the client the reason the stream ends."""
+    data = {"event_type": "error", "message": message}
+    return f"event: error\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _struct_to_json(struct: struct_pb2.Struct) -> dict[str, object]:
+    return {key: _value_to_json(struct.fields[key]) for key in sorted(struct.fields)}
+
+
+def _value_to_json(value: struct_pb2.Value) -> object:
+    # Nesting is bounded by the protobuf decoder's recursion limit.
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return _struct_to_json(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_json(item) for item in value.list_value.values]
+    if kind == "number_value":
+        return _number_to_json(value.number_value)
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    # null_value, or a Value with no kind set, which JSON can only show as null.
+    return None
+
+
+def _number_to_json(number: float) -> int | float:
+    if math.isfinite(number) and number.is_integer() and abs(number) <= _MAX_SAFE_INTEGER:
+        return int(number)
+    return number
