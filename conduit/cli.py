@@ -137,13 +137,14 @@ def _add_state_dir(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         type=Path,
         default=DEFAULT_STATE_DIR,
+        metavar="DIR",
         help=f"folder of the dev keys (default ./{DEFAULT_STATE_DIR})",
     )
 
 
 def _add_ids(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--org-id", type=_org_id, required=True, help="organization id, a non-negative integer")
-    parser.add_argument("--channel-id", type=_uuid, required=True, help="channel UUID")
+    parser.add_argument("--org-id", type=_org_id, required=True, metavar="N", help="organization id, a non-negative integer")
+    parser.add_argument("--channel-id", type=_uuid, required=True, metavar="UUID", help="channel UUID")
 
 
 def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -159,7 +160,7 @@ def _add_token_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
     subscribe = kinds.add_parser("subscribe", help="RS256 token for one channel at the gateway")
     _add_ids(subscribe)
     for kind in (publish, subscribe):
-        kind.add_argument("--ttl-s", type=_positive_int, default=3600, help="lifetime in seconds (default 3600)")
+        kind.add_argument("--ttl-s", type=_positive_int, default=3600, metavar="SECONDS", help="lifetime in seconds (default 3600)")
         _add_state_dir(kind)
         kind.set_defaults(handler=_token)
 
@@ -181,14 +182,14 @@ def _add_send_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="publish START, one DELTA {\"value\": word} per word of TEXT, then END",
     )
     send.add_argument("--payload", metavar="JSON", help="payload of the single message, a JSON object")
-    send.add_argument("--sequence", type=_non_negative_int, default=0, help="sequence of the single message (default 0)")
-    send.add_argument("--message-id", type=_uuid, help="message UUID of the single message (default: random)")
+    send.add_argument("--sequence", type=_non_negative_int, default=0, metavar="N", help="sequence of the single message (default 0)")
+    send.add_argument("--message-id", type=_uuid, metavar="UUID", help="message UUID of the single message (default: random)")
     send.add_argument("--grpc", action="store_true", help="publish over gRPC instead of the HTTP shim")
-    send.add_argument("--url", default="http://127.0.0.1:8081", help="HTTP shim base URL (default %(default)s)")
-    send.add_argument("--grpc-target", default="127.0.0.1:50051", help="gRPC HOST:PORT (default %(default)s)")
-    send.add_argument("--token", help="publisher token (default: minted from the configured or dev keys)")
+    send.add_argument("--url", default="http://127.0.0.1:8081", metavar="URL", help="HTTP shim base URL (default %(default)s)")
+    send.add_argument("--grpc-target", default="127.0.0.1:50051", metavar="HOST:PORT", help="gRPC HOST:PORT (default %(default)s)")
+    send.add_argument("--token", metavar="JWT", help="publisher token (default: minted from the configured or dev keys)")
     send.add_argument(
-        "--interval-ms", type=_non_negative_int, default=100, help="pause between demo messages (default 100)"
+        "--interval-ms", type=_non_negative_int, default=100, metavar="MS", help="pause between demo messages (default 100)"
     )
     _add_state_dir(send)
     send.set_defaults(handler=_send)
@@ -202,13 +203,13 @@ def _add_tail_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "reconnecting with Last-Event-ID when the connection drops.",
     )
     _add_ids(tail)
-    tail.add_argument("--url", default="http://127.0.0.1:8080", help="gateway base URL (default %(default)s)")
-    tail.add_argument("--token", help="subscriber token (default: minted from the configured or dev keys)")
-    tail.add_argument("--last-event-id", help="resume after this entry id")
+    tail.add_argument("--url", default="http://127.0.0.1:8080", metavar="URL", help="gateway base URL (default %(default)s)")
+    tail.add_argument("--token", metavar="JWT", help="subscriber token (default: minted from the configured or dev keys)")
+    tail.add_argument("--last-event-id", metavar="ID", help="resume after this entry id")
     tail.add_argument(
-        "--max-reconnects", type=_non_negative_int, default=5, help="reconnects in a row without progress (default 5)"
+        "--max-reconnects", type=_non_negative_int, default=5, metavar="N", help="reconnects in a row without progress (default 5)"
     )
-    tail.add_argument("--timeout-s", type=float, default=None, help="give up when END has not arrived in time")
+    tail.add_argument("--timeout-s", type=_positive_float, default=None, metavar="SECONDS", help="give up when END has not arrived in time")
     _add_state_dir(tail)
     tail.set_defaults(handler=_tail)
 
@@ -308,6 +309,16 @@ def _positive_int(raw: str) -> int:
     value = _non_negative_int(raw)
     if value == 0:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {raw!r}")
     return value
 
 

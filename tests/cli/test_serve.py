@@ -120,7 +120,7 @@ def _conduit_command() -> list[str]:
     return [sys.executable, "-m", "conduit.cli"]
 
 
-def test_serve_missing_variable_in_process_has_no_traceback(tmp_path: Path) -> None:
+def test_serve_missing_variable_subprocess_one_line() -> None:
     result = subprocess.run(
         [*_conduit_command(), "serve", "gateway"],
         env=_child_env({}),
