@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import uuid
@@ -23,7 +22,6 @@ from conduit.errors import ConfigError
 
 __all__ = ["ROLE_VARIABLES", "build_parser", "main"]
 
-logger = logging.getLogger(__name__)
 
 _MAX_UINT64 = 2**64 - 1
 
