@@ -1,13 +1,14 @@
 """The cleanup role: periodically delete streams that went idle without an END.
 
-``conduit serve cleanup`` runs ``run_cleanup``; ``python -m broker.cleanup``
-does the same.
+``conduit serve cleanup [flags]`` runs ``run_cleanup``; ``python -m broker.cleanup
+[flags]`` does the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from broker.base import Broker
 from conduit.errors import BrokerUnavailable
@@ -57,4 +58,4 @@ def _stream_fields(stream: str) -> dict[str, object]:
 if __name__ == "__main__":
     from conduit.cli import main
 
-    raise SystemExit(main(["serve", "cleanup"]))
+    raise SystemExit(main(["serve", "cleanup", *sys.argv[1:]]))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -103,3 +106,18 @@ async def test_run_cleanup_survives_broker_error(caplog: pytest.LogCaptureFixtur
 
     assert all(record.levelno == logging.WARNING for record in records)
     assert records[0].error == "Redis cleanup failed (ConnectionError)"  # type: ignore[attr-defined]
+
+
+def test_cleanup_module_forwards_arguments() -> None:
+    # Run without REDIS_URL: "--help" only succeeds when the flags reach the parser,
+    # since "serve cleanup" alone would stop on the missing variable.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("REDIS_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cleanup", "--help"],
+        capture_output=True, text=True, env=env, timeout=WAIT_TIMEOUT_S, check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "usage: conduit serve cleanup" in result.stdout
+    assert "--cleanup-interval-sec" in result.stdout
