@@ -1,4 +1,4 @@
-"""Session-wide fixtures: a private Redis server and a clean database per test."""
+"""Session-wide fixtures: a private Redis server, a private Redis Cluster, and clean data per test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.redis_process import RedisProcess
+from tests.redis_process import RedisClusterProcess, RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,21 @@ def redis_url(redis_process: RedisProcess) -> Iterator[str]:
     finally:
         client.close()
     yield redis_process.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_process() -> Iterator[RedisClusterProcess]:
+    """A three-master Redis Cluster owned by this test session, started when a test first needs it."""
+    cluster = RedisClusterProcess()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_process: RedisClusterProcess) -> str:
+    """URL of one node of the session's Redis Cluster, with every master emptied."""
+    redis_cluster_process.flushall()
+    return redis_cluster_process.url

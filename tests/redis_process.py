@@ -74,12 +74,15 @@ class RedisProcess:
         if self.process is None:
             return
         if save:
+            # SHUTDOWN SAVE writes the snapshot and exits in one step, so a write
+            # acknowledged between a separate SAVE and the signal cannot be lost.
             client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
             try:
-                client.save()
+                client.shutdown(save=True)
             finally:
                 client.close()
-        self.process.terminate()
+        else:
+            self.process.terminate()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -94,3 +97,71 @@ class RedisProcess:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+_CLUSTER_SIZE = 3
+_CLUSTER_CREATE_TIMEOUT_S = 30
+_CLUSTER_NODE_TIMEOUT_MS = 5000
+
+
+class RedisClusterProcess:
+    """A three-master Redis Cluster of redis-server children on free loopback ports, no replicas."""
+
+    def __init__(self) -> None:
+        executable = shutil.which("redis-cli")
+        if executable is None:
+            raise RuntimeError("redis-cli not found; run scripts/test, which installs it")
+        self.cli = executable
+        self.nodes = [RedisProcess() for _ in range(_CLUSTER_SIZE)]
+        for node in self.nodes:
+            node.extra_args = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node.directory / f"nodes-{node.port}.conf"),
+                "--cluster-node-timeout", str(_CLUSTER_NODE_TIMEOUT_MS),
+                # The bus defaults to the client port + 10000, which may be taken
+                # or above 65535 for an ephemeral client port.
+                "--cluster-port", str(free_port()),
+            ]
+
+    @property
+    def url(self) -> str:
+        """URL of the first node; a cluster client discovers the others from it."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        """Start the nodes, join them into one cluster and wait until every node reports cluster_state:ok."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        result = subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=_CLUSTER_CREATE_TIMEOUT_S, check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        self._wait_until_ok()
+
+    def _wait_until_ok(self) -> None:
+        deadline = time.monotonic() + _CLUSTER_CREATE_TIMEOUT_S
+        for node in self.nodes:
+            client = node.client()
+            try:
+                while client.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"Redis Cluster node on port {node.port} is not cluster_state:ok")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def flushall(self) -> None:
+        """Empty every master."""
+        for node in self.nodes:
+            client = node.client()
+            try:
+                client.flushall()
+            finally:
+                client.close()
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()

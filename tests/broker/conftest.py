@@ -1,4 +1,4 @@
-"""Broker fixtures: each contract test runs once on Redis and once on the embedded broker."""
+"""Broker fixtures: each contract test runs on Redis, on Redis Cluster and on the embedded broker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 
 from broker.base import Broker
 from broker.factory import create_broker
@@ -26,17 +27,20 @@ _BLOCKED_READER_TIMEOUT_S = 5.0
 class Backend:
     """Builds brokers of one kind and inspects what they store, for the contract tests."""
 
-    def __init__(self, name: str, redis_url: str | None) -> None:
+    def __init__(self, name: str, redis_url: str | None, *, cluster: bool = False) -> None:
         self.name = name
         self.redis_url = redis_url
-        self.raw: redis.asyncio.Redis | None = (
-            redis.asyncio.Redis.from_url(redis_url, socket_timeout=5) if redis_url else None
-        )
+        self.cluster = cluster
+        self.raw: redis.asyncio.Redis | RedisCluster | None = None
+        if redis_url is not None and cluster:
+            self.raw = RedisCluster.from_url(redis_url, socket_timeout=5)
+        elif redis_url is not None:
+            self.raw = redis.asyncio.Redis.from_url(redis_url, socket_timeout=5)
         self._brokers: list[Broker] = []
 
     def make(self, **overrides: Any) -> Broker:
         """Return a new broker with TEST_SETTINGS changed by ``overrides``; closed at teardown."""
-        settings = replace(TEST_SETTINGS, redis_url=self.redis_url, **overrides)
+        settings = replace(TEST_SETTINGS, redis_url=self.redis_url, redis_cluster=self.cluster, **overrides)
         broker = create_broker(settings)
         self._brokers.append(broker)
         return broker
@@ -56,10 +60,18 @@ class Backend:
                 await asyncio.sleep(0)
             return
         deadline = time.monotonic() + _BLOCKED_READER_TIMEOUT_S
-        while (await self.raw.info("clients"))["blocked_clients"] < 1:
+        while await self.blocked_clients() < 1:
             if time.monotonic() > deadline:
                 raise AssertionError("no reader blocked in XREAD within the time-out")
             await asyncio.sleep(0.01)
+
+    async def blocked_clients(self) -> int:
+        """Return the number of clients blocked in a command, summed over every Redis node."""
+        assert self.raw is not None
+        if isinstance(self.raw, RedisCluster):
+            per_node = await self.raw.info("clients", target_nodes=RedisCluster.PRIMARIES)
+            return sum(info["blocked_clients"] for info in per_node.values())
+        return (await self.raw.info("clients"))["blocked_clients"]
 
     async def aclose(self) -> None:
         for broker in self._brokers:
@@ -76,6 +88,13 @@ async def redis_backend(redis_url: str) -> AsyncIterator[Backend]:
 
 
 @pytest.fixture
+async def cluster_backend(redis_cluster_url: str) -> AsyncIterator[Backend]:
+    backend = Backend("cluster", redis_cluster_url, cluster=True)
+    yield backend
+    await backend.aclose()
+
+
+@pytest.fixture
 async def memory_backend() -> AsyncIterator[Backend]:
     backend = Backend("memory", None)
     yield backend
@@ -85,6 +104,7 @@ async def memory_backend() -> AsyncIterator[Backend]:
 @pytest.fixture(
     params=[
         pytest.param("redis_backend", id="redis"),
+        pytest.param("cluster_backend", id="cluster"),
         pytest.param("memory_backend", id="memory"),
     ]
 )
