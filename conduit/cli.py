@@ -49,6 +49,10 @@ _VARIABLES: dict[str, tuple[str, str, str]] = {
     "LOG_FORMAT": ("--log-format", "text|json", "log line format on stderr (default text)"),
 }
 
+# Read here rather than in Settings, because only the parent process of `serve` uses them.
+_WORKER_VARIABLES = {"publish": "PUBLISH_WORKERS", "gateway": "GATEWAY_WORKERS"}
+_MAX_WORKERS = 256
+
 _BROKER = ("REDIS_URL", "REDIS_CLUSTER")
 _LIMITS = ("MAX_MESSAGE_BYTES", "MAX_STREAM_LEN", "PUBLISH_RATE_LIMIT", "PUBLISH_RATE_WINDOW_SEC", "STREAM_TTL_SEC")
 _CLEANUP = ("CLEANUP_INTERVAL_SEC", "CLEANUP_STREAM_IDLE_SEC")
@@ -105,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     for role, help_text in role_help.items():
         role_parser = roles.add_parser(role, help=help_text, description=help_text)
         _add_variable_flags(role_parser, role)
+        if role in _WORKER_VARIABLES:
+            _add_workers_flag(role_parser, role)
         role_parser.set_defaults(handler=_serve)
 
     dev = commands.add_parser(
@@ -128,6 +134,17 @@ def _add_variable_flags(parser: argparse.ArgumentParser, role: str) -> None:
     for name in ROLE_VARIABLES[role]:
         flag, metavar, help_text = _VARIABLES[name]
         group.add_argument(flag, dest=name, metavar=metavar, default=None, help=f"{help_text} [{name}]")
+
+
+def _add_workers_flag(parser: argparse.ArgumentParser, role: str) -> None:
+    variable = _WORKER_VARIABLES[role]
+    parser.add_argument(
+        "--workers",
+        dest="workers",
+        metavar="N",
+        default=None,
+        help=f"worker processes sharing the port(s) through SO_REUSEPORT (default 1) [{variable}]",
+    )
 
 
 def _add_state_dir(parser: argparse.ArgumentParser) -> None:
@@ -218,8 +235,40 @@ def _serve(args: argparse.Namespace) -> int:
     from conduit.settings import load_settings
 
     settings = load_settings(args.role, overrides=_overrides(args, args.role))
+    workers = _worker_count(args)
     configure_logging(settings.log_format)
-    return _run_until_stopped(lambda stopping: serve(args.role, settings, stopping), f"serve {args.role}")
+    if workers == 1:
+        return _run_until_stopped(lambda stopping: serve(args.role, settings, stopping), f"serve {args.role}")
+
+    from conduit.workers import run_workers, share_ports
+
+    try:
+        shared_settings, held_sockets = share_ports(args.role, settings)
+    except OSError as error:
+        print(f"conduit serve {args.role}: cannot start: {error}", file=sys.stderr)
+        return 1
+    try:
+        return run_workers(
+            args.role,
+            workers,
+            lambda: _run_until_stopped(lambda stopping: serve(args.role, shared_settings, stopping), f"serve {args.role}"),
+        )
+    finally:
+        for sock in held_sockets:
+            sock.close()
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    """Return the number of worker processes from --workers or its variable; 1 for cleanup."""
+    variable = _WORKER_VARIABLES.get(args.role)
+    if variable is None:
+        return 1
+    raw = args.workers if args.workers is not None else os.environ.get(variable)
+    if raw is None or raw.strip() == "":
+        return 1
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= _MAX_WORKERS:
+        raise ConfigError(f"{variable} must be an integer from 1 to {_MAX_WORKERS}, got {raw!r}")
+    return int(raw)
 
 
 def _dev(args: argparse.Namespace) -> int:

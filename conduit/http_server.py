@@ -18,9 +18,28 @@ from collections.abc import Iterator
 import uvicorn
 from litestar.types import ASGIApp
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "enable_port_sharing", "port_sharing_enabled"]
 
 logger = logging.getLogger(__name__)
+
+_port_sharing = False
+
+
+def enable_port_sharing() -> None:
+    """Bind every later server socket of this process with SO_REUSEPORT.
+
+    A worker process calls this before it starts its servers, so that the
+    workers of one role listen on the same ports and the kernel spreads new
+    connections across them. It is per process, because all servers of a
+    worker share its ports alike.
+    """
+    global _port_sharing
+    _port_sharing = True
+
+
+def port_sharing_enabled() -> bool:
+    """Tell whether ``enable_port_sharing`` was called in this process."""
+    return _port_sharing
 
 
 class _Server(uvicorn.Server):
@@ -63,6 +82,8 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if _port_sharing:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((self._host, self._requested_port))
         except OSError as error:

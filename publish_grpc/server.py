@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from broker.base import Broker
 from conduit.errors import ConfigError
-from conduit.http_server import HttpServer
+from conduit.http_server import HttpServer, port_sharing_enabled
 from conduit.settings import Settings
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
@@ -77,8 +77,9 @@ class PublishServer:
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self._settings.max_message_bytes + GRPC_RECEIVE_HEADROOM_BYTES),
-                # Fail when another process is bound to the port, instead of sharing it.
-                ("grpc.so_reuseport", 0),
+                # Share the port only with the other workers of `serve --workers`;
+                # otherwise fail when another process is bound to it.
+                ("grpc.so_reuseport", 1 if port_sharing_enabled() else 0),
             ]
         )
         add_publish_servicer(PublishServicer(self._publisher), server)
