@@ -8,6 +8,7 @@ suite in tests/broker runs against both.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = ["Broker", "Entry", "StreamInfo"]
@@ -64,6 +65,26 @@ class Broker(abc.ABC):
         ValueError for ``count < 1`` or ``block_ms < 0``. A read waiting when
         ``close()`` is called raises BrokerUnavailable.
         """
+
+    @abc.abstractmethod
+    async def read_many(
+        self, positions: Mapping[str, str], *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        """Read several streams in one call: up to ``count`` entries of each after its position.
+
+        ``positions`` maps stream keys to ids as ``read`` takes them and must
+        not be empty. The result holds only the streams that have entries,
+        each oldest first. Waits and raises as ``read`` does, and all streams
+        must share one ``read_group``.
+        """
+
+    def read_group(self, stream: str) -> str:
+        """Return the group of ``stream``: streams of one group may share a ``read_many`` call.
+
+        On Redis Cluster the group is the stream's hash slot, because one XREAD
+        cannot span slots. Elsewhere every stream is in the same group.
+        """
+        return ""
 
     @abc.abstractmethod
     async def info(self, stream: str) -> StreamInfo | None:

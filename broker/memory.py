@@ -18,6 +18,7 @@ import asyncio
 import bisect
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from broker.base import Broker, Entry, StreamInfo
@@ -68,6 +69,8 @@ class MemoryBroker(Broker):
         # and ended windows can be dropped from the front.
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._wakeups: dict[str, _Wakeup] = {}
+        # Futures of read_many calls waiting on several streams, by stream.
+        self._watchers: dict[str, set[asyncio.Future[None]]] = {}
         self._closed = False
 
     def tracked_streams(self) -> dict[str, int]:
@@ -125,6 +128,26 @@ class MemoryBroker(Broker):
                 return entries
             await self._wait_for_append(stream, remaining_s)
 
+    async def read_many(
+        self, positions: Mapping[str, str], *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        afters = {stream: check_read_request(after_id, count, block_ms) for stream, after_id in positions.items()}
+        if not afters:
+            raise ValueError("positions must name at least one stream")
+        deadline = time.monotonic() + block_ms / 1000
+
+        while True:
+            self._check_open()
+            found = {}
+            for stream, after in afters.items():
+                entries = self._entries_after(stream, after, count)
+                if entries:
+                    found[stream] = entries
+            remaining_s = deadline - time.monotonic()
+            if found or remaining_s <= 0:
+                return found
+            await self._wait_for_any_append(list(afters), remaining_s)
+
     async def info(self, stream: str) -> StreamInfo | None:
         self._check_open()
         now_monotonic = time.monotonic()
@@ -172,6 +195,8 @@ class MemoryBroker(Broker):
         for wakeup in self._wakeups.values():
             wakeup.event.set()
         self._wakeups.clear()
+        for stream in list(self._watchers):
+            self._wake_watchers(stream)
         self._streams.clear()
         self._tracked.clear()
         self._windows.clear()
@@ -225,8 +250,30 @@ class MemoryBroker(Broker):
             if wakeup.waiters == 0 and self._wakeups.get(stream) is wakeup:
                 del self._wakeups[stream]
 
+    async def _wait_for_any_append(self, streams: list[str], timeout_s: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for stream in streams:
+            self._watchers.setdefault(stream, set()).add(woken)
+        try:
+            await asyncio.wait_for(woken, timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            for stream in streams:
+                watchers = self._watchers.get(stream)
+                if watchers is not None:
+                    watchers.discard(woken)
+                    if not watchers:
+                        del self._watchers[stream]
+
+    def _wake_watchers(self, stream: str) -> None:
+        for woken in self._watchers.pop(stream, ()):
+            if not woken.done():
+                woken.set_result(None)
+
     def _wake_readers(self, stream: str) -> None:
         # Readers that arrive after this point wait on a fresh event.
         wakeup = self._wakeups.pop(stream, None)
         if wakeup is not None:
             wakeup.event.set()
+        self._wake_watchers(stream)

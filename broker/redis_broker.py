@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -136,6 +137,41 @@ class RedisBroker(Broker):
         finally:
             self._read_deadlines.discard(deadline)
 
+    async def read_many(
+        self, positions: Mapping[str, str], *, count: int, block_ms: int
+    ) -> dict[str, list[Entry]]:
+        """Read per the Broker contract with one XREAD over every stream, skipping entries without ``data``."""
+        cursors = {
+            stream: format_entry_id(*check_read_request(after_id, count, block_ms))
+            for stream, after_id in positions.items()
+        }
+        if not cursors:
+            raise ValueError("positions must name at least one stream")
+        self._check_open()
+        block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
+
+        deadline = asyncio.timeout(None)
+        self._read_deadlines.add(deadline)
+        try:
+            async with deadline:
+                # Each pass moves at least one cursor past an entry without data.
+                while True:
+                    with redis_errors_as_unavailable("read"):
+                        response = await self._client.xread(cursors, count=count, block=block)
+                    found, last_ids = self._entries_by_stream(response)
+                    if found or not last_ids:
+                        return found
+                    cursors.update(last_ids)
+        except TimeoutError:
+            raise broker_closed() from None
+        finally:
+            self._read_deadlines.discard(deadline)
+
+    def read_group(self, stream: str) -> str:
+        if isinstance(self._client, RedisCluster):
+            return str(self._client.keyslot(stream))
+        return ""
+
     async def info(self, stream: str) -> StreamInfo | None:
         self._check_open()
         with redis_errors_as_unavailable("info"):
@@ -247,6 +283,19 @@ class RedisBroker(Broker):
                     continue
                 entries.append(Entry(last_id, data))
         return entries, last_id
+
+    def _entries_by_stream(self, response: Any) -> tuple[dict[str, list[Entry]], dict[str, str]]:
+        """Return the entries of a multi-stream XREAD reply by stream, and the last id read of each stream."""
+        found: dict[str, list[Entry]] = {}
+        last_ids: dict[str, str] = {}
+        for raw_name, raw_entries in response or []:
+            stream = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            entries, last_id = self._entries_from_xread(stream, [[raw_name, raw_entries]])
+            if entries:
+                found[stream] = entries
+            if last_id is not None:
+                last_ids[stream] = last_id
+        return found, last_ids
 
     def _report_foreign_entry(self, stream: str, entry_id: str) -> None:
         # Every later read from before the entry skips it again, so only the
