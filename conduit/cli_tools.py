@@ -17,25 +17,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-import httpx
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from conduit.client import (
+from conduit.sdk import (
     PHASES,
+    GrpcPublisher,
+    HttpPublisher,
+    Publisher,
     PublishRejected,
+    PublishUnreachable,
+    Subscriber,
     SubscribeFailed,
     build_request,
     demo_requests,
     parse_payload,
-    publish_grpc,
-    publish_grpc_stream,
-    publish_http_many,
-    tail_events,
 )
 from conduit.dev_keys import load_dev_keys
 from conduit.errors import ConfigError
 from conduit.settings import read_pem
 from conduit.tokens import mint_publisher_token, mint_subscriber_token
+from conduit.v1alpha import publish_pb2
 
 __all__ = ["publisher_token", "run_send", "run_tail", "subscriber_token"]
 
@@ -94,46 +95,51 @@ async def run_send(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             )
         ]
 
-    interval_s = args.interval_ms / 1000
+    publisher: Publisher
+    if args.grpc:
+        publisher = GrpcPublisher(args.grpc_target, token, org_id=args.org_id)
+    else:
+        publisher = HttpPublisher(args.url, token, org_id=args.org_id)
     try:
-        if args.grpc and len(requests) == 1:
-            print(await publish_grpc(args.grpc_target, requests[0], token), file=out, flush=True)
-        elif args.grpc:
-            async with contextlib.aclosing(
-                publish_grpc_stream(args.grpc_target, requests, token, interval_s=interval_s)
-            ) as stream_ids:
-                async for stream_id in stream_ids:
-                    print(stream_id, file=out, flush=True)
-        else:
-            async with contextlib.aclosing(
-                publish_http_many(args.url, requests, token, interval_s=interval_s)
-            ) as stream_ids:
-                async for stream_id in stream_ids:
-                    print(stream_id, file=out, flush=True)
+        async with publisher:
+            await _publish_all(publisher, requests, args.interval_ms / 1000, out)
     except PublishRejected as error:
         print(f"conduit send: {error}", file=sys.stderr)
         return 1
-    except httpx.TransportError as error:
-        print(f"conduit send: cannot reach {args.url}: {error or type(error).__name__}", file=sys.stderr)
+    except PublishUnreachable as error:
+        where = args.grpc_target if args.grpc else args.url
+        print(f"conduit send: cannot reach {where}: {error.message}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _publish_all(
+    publisher: Publisher, requests: list[publish_pb2.PublishRequest], interval_s: float, out: TextIO
+) -> None:
+    if len(requests) == 1:
+        print(await publisher.publish(requests[0]), file=out, flush=True)
+        return
+    async with contextlib.aclosing(publisher.publish_many(requests, interval_s=interval_s)) as stream_ids:
+        async for stream_id in stream_ids:
+            print(stream_id, file=out, flush=True)
 
 
 async def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """Print a channel's events, one line each (``<id> <event> <data>``), until END; return the exit status."""
     token = args.token or subscriber_token(os.environ, args.state_dir, args.org_id, args.channel_id, ttl_s=3600)
-    events = tail_events(
+    subscriber = Subscriber(
         args.url,
-        args.org_id,
-        args.channel_id,
         token,
+        org_id=args.org_id,
+        channel_id=args.channel_id,
         last_event_id=args.last_event_id,
         max_reconnects=args.max_reconnects,
     )
     try:
-        async with asyncio.timeout(args.timeout_s), contextlib.aclosing(events):
-            async for event in events:
-                print(f"{event.id or '-'} {event.event} {event.data}", file=out, flush=True)
+        async with asyncio.timeout(args.timeout_s), subscriber:
+            async with contextlib.aclosing(subscriber.raw_events()) as events:
+                async for event in events:
+                    print(f"{event.id or '-'} {event.event} {event.data}", file=out, flush=True)
     except SubscribeFailed as error:
         print(f"conduit tail: {error}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import logging
 
 from broker.base import Broker
 from broker.keys import stream_key
-from conduit.client import demo_requests
+from conduit.sdk import demo_requests
 from conduit.errors import BrokerUnavailable, RateLimited
 from conduit.v1alpha import publish_pb2
 

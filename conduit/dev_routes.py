@@ -18,7 +18,7 @@ from typing import Any
 from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 
-from conduit.client import DEFAULT_DEMO_TEXT
+from conduit.sdk import DEFAULT_DEMO_TEXT
 from conduit.dev_demo import DemoStreams, TooManyDemoStreams
 from conduit.dev_keys import DevKeys
 

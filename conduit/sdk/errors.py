@@ -1,0 +1,52 @@
+"""The exceptions the SDK raises: one base, one subclass per outcome a caller handles differently."""
+
+from __future__ import annotations
+
+__all__ = ["ConduitClientError", "PublishRejected", "PublishUnreachable", "SubscribeFailed"]
+
+
+class ConduitClientError(Exception):
+    """Base of the SDK's errors. ``status`` names the outcome, ``message`` is the server's or our explanation."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+    @property
+    def detail(self) -> str:
+        """The same text as ``message``; kept for callers of the first client module."""
+        return self.message
+
+
+class PublishRejected(ConduitClientError):
+    """The publish service rejected a message or could not be reached in time.
+
+    ``status`` is ``"HTTP <code>"``, ``"gRPC <CODE_NAME>"``, or ``"unreachable"``/``"timeout"``
+    when no answer came. ``retry_after_s`` is set for HTTP 429 answers.
+    """
+
+    def __init__(self, status: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(status, message)
+        self.retry_after_s = retry_after_s
+
+    def __str__(self) -> str:
+        return f"publish rejected: {self.status}: {self.message}"
+
+
+class PublishUnreachable(ConduitClientError):
+    """No answer came from the publish service: connection refused or lost, or its deadline passed.
+
+    Whether the message was stored is unknown; publishing it again with the same
+    message id lets subscribers drop the copy.
+    """
+
+    def __str__(self) -> str:
+        return f"publish service unreachable: {self.status}: {self.message}"
+
+
+class SubscribeFailed(ConduitClientError):
+    """The gateway rejected the subscription, sent an error event, or stayed unreachable."""
+
+    def __str__(self) -> str:
+        return f"subscribe failed: {self.status}: {self.message}"
