@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 _START_TIMEOUT_S = 10
 
@@ -76,7 +78,10 @@ class RedisProcess:
         if save:
             # SHUTDOWN SAVE writes the snapshot and exits in one step, so a write
             # acknowledged between a separate SAVE and the signal cannot be lost.
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+            # Without retries, because the dropped connection is the expected reply.
+            client = redis.Redis(
+                host="127.0.0.1", port=self.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+            )
             try:
                 client.shutdown(save=True)
             finally:
