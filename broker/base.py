@@ -42,7 +42,9 @@ class Broker(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def append(self, stream: str, data: bytes, *, end: bool) -> str:
+    async def append(
+        self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
+    ) -> str:
         """Append ``data`` to ``stream`` and return the new entry id.
 
         Order: track the stream's activity, then in one atomic step check the
@@ -50,6 +52,12 @@ class Broker(abc.ABC):
         ``max_stream_len`` entries, and on ``end`` set the stream's expiry;
         after an ``end`` the stream leaves activity tracking. Raises
         ``RateLimited`` (nothing appended) when the window is used up.
+
+        With a ``message_id`` and a non-zero ``dedup_window_s``, the same step
+        first looks the id up on this stream: an id appended within the last
+        ``dedup_window_s`` seconds returns that append's entry id, appends
+        nothing, leaves the rate limit untouched and never raises RateLimited.
+        ``data`` of a duplicate is not compared with the original.
         """
 
     @abc.abstractmethod

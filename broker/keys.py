@@ -15,6 +15,7 @@ import xxhash
 __all__ = [
     "TRACKING_SHARD_COUNT",
     "all_tracking_keys",
+    "dedup_key",
     "rate_limit_key",
     "stream_key",
     "tracking_key",
@@ -42,3 +43,8 @@ def all_tracking_keys() -> list[str]:
 def rate_limit_key(stream: str) -> str:
     """Return the fixed-window publish counter of ``stream``, in the stream's cluster slot."""
     return f"conduit:rate:{{{stream}}}"
+
+
+def dedup_key(stream: str, message_id: str) -> str:
+    """Return the key that remembers ``message_id``'s entry id on ``stream``, in the stream's cluster slot."""
+    return f"conduit:msg:{{{stream}}}:{message_id}"

@@ -7,9 +7,9 @@ stream. END sets an expiry and untracks the stream, and activity tracking
 records the last publish second. Nothing is shared between processes.
 
 Memory stays bounded: a stream holds at most ``max_stream_len`` entries, rate
-windows are dropped as they end, and waiter records are dropped when their last
-reader leaves. Only the number of streams grows with use, and END expiry plus
-``delete_idle`` bound it.
+windows and remembered message_ids are dropped as their windows end, and waiter
+records are dropped when their last reader leaves. Only the number of streams
+grows with use, and END expiry plus ``delete_idle`` bound it.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ class _Window:
     count: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    entry_id: str
+    expires_at: float
+    """``time.monotonic()`` value at which the message_id is forgotten."""
+
+
 @dataclass(slots=True)
 class _Wakeup:
     event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -68,6 +75,9 @@ class MemoryBroker(Broker):
         # Every window has the same length, so insertion order is also end order
         # and ended windows can be dropped from the front.
         self._windows: OrderedDict[str, _Window] = OrderedDict()
+        # Keyed by (stream, message_id). The dedup window has one length too, so
+        # the same front-first dropping applies.
+        self._remembered: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
         self._wakeups: dict[str, _Wakeup] = {}
         # Futures of read_many calls waiting on several streams, by stream.
         self._watchers: dict[str, set[asyncio.Future[None]]] = {}
@@ -81,12 +91,23 @@ class MemoryBroker(Broker):
         """
         return dict(self._tracked)
 
-    async def append(self, stream: str, data: bytes, *, end: bool) -> str:
+    async def append(
+        self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
+    ) -> str:
         self._check_open()
         now_s = time.time()
         now_monotonic = time.monotonic()
+        remembered_id = message_id if self._settings.dedup_window_s > 0 else None
 
         self._tracked[stream] = int(now_s)
+
+        if remembered_id is not None:
+            original_id = self._remembered_entry_id(stream, remembered_id, now_monotonic)
+            if original_id is not None:
+                # As on Redis, a duplicate END leaves the stream untracked.
+                if end:
+                    self._tracked.pop(stream, None)
+                return original_id
 
         window = self._open_window(stream, now_monotonic)
         if window.count >= self._settings.rate_limit:
@@ -110,6 +131,10 @@ class MemoryBroker(Broker):
         if end:
             state.expires_at = now_monotonic + self._settings.stream_ttl_s
             self._tracked.pop(stream, None)
+
+        if remembered_id is not None:
+            expires_at = now_monotonic + self._settings.dedup_window_s
+            self._remembered[(stream, remembered_id)] = _Remembered(entry_id, expires_at)
 
         self._wake_readers(stream)
         return entry_id
@@ -173,6 +198,7 @@ class MemoryBroker(Broker):
         for stream in list(self._streams):
             self._live_stream(stream, now_monotonic)
         self._drop_ended_windows(now_monotonic)
+        self._drop_forgotten_ids(now_monotonic)
 
         deleted = []
         for stream, last_publish_s in list(self._tracked.items()):
@@ -200,6 +226,7 @@ class MemoryBroker(Broker):
         self._streams.clear()
         self._tracked.clear()
         self._windows.clear()
+        self._remembered.clear()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -227,6 +254,19 @@ class MemoryBroker(Broker):
             if window.ends_at > now_monotonic:
                 return
             del self._windows[stream]
+
+    def _remembered_entry_id(self, stream: str, message_id: str, now_monotonic: float) -> str | None:
+        """Return the entry id that ``message_id`` was appended as within the dedup window, or None."""
+        self._drop_forgotten_ids(now_monotonic)
+        remembered = self._remembered.get((stream, message_id))
+        return None if remembered is None else remembered.entry_id
+
+    def _drop_forgotten_ids(self, now_monotonic: float) -> None:
+        while self._remembered:
+            key, remembered = next(iter(self._remembered.items()))
+            if remembered.expires_at > now_monotonic:
+                return
+            del self._remembered[key]
 
     def _entries_after(self, stream: str, after: tuple[int, int], count: int) -> list[Entry]:
         state = self._live_stream(stream, time.monotonic())

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
-from broker.keys import all_tracking_keys, rate_limit_key, tracking_key
+from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, tracking_key
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
 
@@ -37,6 +37,8 @@ _SWEEP_BATCH_SIZE = 100
 _MAX_REPORTED_FOREIGN_ENTRIES = 1024
 _DELETED = 1
 _KEPT = -1
+# The first element of append.lua's reply when the rate limit rejected the publish.
+_RATE_LIMITED = 0
 
 
 def _load_script(name: str) -> str:
@@ -80,13 +82,18 @@ class RedisBroker(Broker):
         self._reported_foreign_entries: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._closed = False
 
-    async def append(self, stream: str, data: bytes, *, end: bool) -> str:
+    async def append(
+        self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
+    ) -> str:
         self._check_open()
+        keys = [stream, rate_limit_key(stream)]
+        if message_id is not None and self._settings.dedup_window_s > 0:
+            keys.append(dedup_key(stream, message_id))
 
         with redis_errors_as_unavailable("append"):
             await self._client.zadd(tracking_key(stream), {stream: int(time.time())})
-            appended, value = await self._append_script(
-                keys=[stream, rate_limit_key(stream)],
+            outcome, value = await self._append_script(
+                keys=keys,
                 args=[
                     data,
                     self._settings.max_stream_len,
@@ -94,14 +101,16 @@ class RedisBroker(Broker):
                     self._settings.rate_window_s * 1000,
                     1 if end else 0,
                     self._settings.stream_ttl_s,
+                    self._settings.dedup_window_s * 1000,
                 ],
             )
-        if not appended:
+        if outcome == _RATE_LIMITED:
             raise rate_limited(
                 stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000
             )
         entry_id = value.decode()
 
+        # A duplicate END was tracked again by the ZADD above, so it is untracked too.
         if end:
             await self._untrack_ended(stream, entry_id)
         return entry_id

@@ -46,6 +46,8 @@ class BrokerSettings:
     rate_window_s: int = 1
     stream_ttl_s: int = 120
     """Lifetime of a stream after its END entry."""
+    dedup_window_s: int = 300
+    """How long a message_id is remembered per channel so a retried publish is not appended twice; 0 disables."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def load_settings(
         rate_limit=env.integer("PUBLISH_RATE_LIMIT", 20, minimum=1),
         rate_window_s=env.integer("PUBLISH_RATE_WINDOW_SEC", 1, minimum=1),
         stream_ttl_s=env.integer("STREAM_TTL_SEC", 120, minimum=1),
+        dedup_window_s=env.integer("PUBLISH_DEDUP_WINDOW_SEC", 300, minimum=0),
     )
     cleanup = CleanupSettings(
         interval_s=env.integer("CLEANUP_INTERVAL_SEC", 120, minimum=1),

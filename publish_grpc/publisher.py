@@ -47,7 +47,9 @@ class Publisher:
         InvalidArgument or PayloadTooLarge leaves nothing behind. RateLimited
         also leaves nothing, because the broker checks the limit and appends
         in one atomic step. After BrokerUnavailable for a missed deadline, the
-        entry may or may not be stored.
+        entry may or may not be stored, and a retry with the same message_id
+        within the broker's dedup window returns the stored entry's id instead
+        of appending it again.
         """
         request = decode_request(data, max_message_bytes=self.max_message_bytes)
         attempt.note_request(request)
@@ -56,7 +58,9 @@ class Publisher:
 
         try:
             return await asyncio.wait_for(
-                self.broker.append(publish.stream_key, publish.data, end=publish.end),
+                self.broker.append(
+                    publish.stream_key, publish.data, end=publish.end, message_id=publish.message_id
+                ),
                 self._append_timeout_s,
             )
         except TimeoutError:

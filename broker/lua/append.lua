@@ -1,18 +1,33 @@
--- Check the channel's publish rate limit, append one entry and, on END, set
--- the stream's expiry, as one atomic step.
+-- Check for a retried message_id, check the channel's publish rate limit,
+-- append one entry and, on END, set the stream's expiry, as one atomic step.
 --
 -- KEYS[1]  stream key
 -- KEYS[2]  rate-limit counter, hash-tagged with the stream key (same slot)
+-- KEYS[3]  optional: the message_id's dedup key, hash-tagged with the stream
+--          key (same slot); absent when deduplication is off
 -- ARGV[1]  encoded PublishRequest, stored in field "data"
 -- ARGV[2]  approximate maximum stream length (XADD MAXLEN ~)
 -- ARGV[3]  publishes allowed per window
 -- ARGV[4]  window length in milliseconds
 -- ARGV[5]  "1" when the entry is the END, else "0"
 -- ARGV[6]  stream lifetime after END in seconds
+-- ARGV[7]  dedup window in milliseconds (read only with KEYS[3])
 --
--- Returns {1, entry id} when appended, or {0, milliseconds until the window
--- ends} when the limit is used up. A rejected publish changes nothing except
--- giving a counter that lost its expiry a new one.
+-- Returns {1, entry id} when appended, {2, original entry id} when KEYS[3]
+-- remembers an earlier append of the same message_id, or {0, milliseconds
+-- until the window ends} when the limit is used up. A duplicate or a rejected
+-- publish changes nothing except giving a counter that lost its expiry a new one.
+
+local dedup_key = KEYS[3]
+
+-- The duplicate check comes first, so a retry neither counts against the
+-- rate limit nor fails on it.
+if dedup_key then
+    local original_id = redis.call('GET', dedup_key)
+    if original_id then
+        return {2, original_id}
+    end
+end
 
 local limit = tonumber(ARGV[3])
 local window_ms = tonumber(ARGV[4])
@@ -38,6 +53,10 @@ end
 
 if ARGV[5] == '1' then
     redis.call('EXPIRE', KEYS[1], ARGV[6])
+end
+
+if dedup_key then
+    redis.call('SET', dedup_key, id, 'PX', ARGV[7])
 end
 
 return {1, id}

@@ -117,3 +117,14 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 def broker(backend: Backend) -> Broker:
     """A broker with TEST_SETTINGS on the current backend."""
     return backend.make()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis_backend", id="redis"),
+        pytest.param("cluster_backend", id="cluster"),
+    ]
+)
+def any_redis_backend(request: pytest.FixtureRequest) -> Backend:
+    """A single Redis, then a Redis Cluster, for tests of what Redis stores."""
+    return request.getfixturevalue(request.param)

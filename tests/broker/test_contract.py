@@ -388,3 +388,118 @@ async def test_closed_broker_rejects_calls(broker: Broker) -> None:
     assert str(append_raised.value) == "broker is closed"
     assert str(read_raised.value) == "broker is closed"
     assert str(ping_raised.value) == "broker is closed"
+
+
+async def test_append_retried_message_id_returns_original_id(broker: Broker) -> None:
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+    original_id = await broker.append(stream, b"original", end=False, message_id=message_id)
+
+    retried_id = await broker.append(stream, b"retried", end=False, message_id=message_id)
+
+    assert retried_id == original_id
+    entries = await broker.read(stream, "0-0", count=10, block_ms=0)
+    assert [(entry.id, entry.data) for entry in entries] == [(original_id, b"original")]
+
+
+async def test_append_concurrent_retries_append_once(broker: Broker) -> None:
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+
+    ids = await asyncio.gather(
+        *(broker.append(stream, b"racing", end=False, message_id=message_id) for _ in range(10))
+    )
+
+    assert len(set(ids)) == 1
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 1
+
+
+async def test_append_duplicate_skips_rate_limit(backend: Backend) -> None:
+    broker = backend.make(rate_limit=2, rate_window_s=60)
+    stream = new_stream()
+    first_message_id = str(uuid.uuid4())
+    first_id = await broker.append(stream, b"first", end=False, message_id=first_message_id)
+
+    retried_ids = [
+        await broker.append(stream, b"first", end=False, message_id=first_message_id) for _ in range(3)
+    ]
+    second_id = await broker.append(stream, b"second", end=False, message_id=str(uuid.uuid4()))
+    with pytest.raises(RateLimited):
+        await broker.append(stream, b"third", end=False, message_id=str(uuid.uuid4()))
+    retried_over_limit_id = await broker.append(stream, b"first", end=False, message_id=first_message_id)
+
+    assert retried_ids == [first_id] * 3
+    assert second_id != first_id
+    assert retried_over_limit_id == first_id
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 2
+
+
+async def test_append_message_id_is_per_stream(broker: Broker) -> None:
+    message_id = str(uuid.uuid4())
+    first_stream, second_stream = new_stream(), new_stream()
+
+    first_id = await broker.append(first_stream, b"one", end=False, message_id=message_id)
+    second_id = await broker.append(second_stream, b"two", end=False, message_id=message_id)
+
+    assert [entry.id for entry in await broker.read(first_stream, "0-0", count=10, block_ms=0)] == [first_id]
+    assert [entry.id for entry in await broker.read(second_stream, "0-0", count=10, block_ms=0)] == [second_id]
+
+
+async def test_append_without_message_id_appends_each_time(broker: Broker) -> None:
+    stream = new_stream()
+
+    ids = [await broker.append(stream, b"same bytes", end=False) for _ in range(2)]
+
+    assert ids[0] != ids[1]
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 2
+
+
+async def test_append_zero_dedup_window_appends_each_time(backend: Backend) -> None:
+    broker = backend.make(dedup_window_s=0)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+
+    ids = [await broker.append(stream, b"same", end=False, message_id=message_id) for _ in range(2)]
+
+    assert ids[0] != ids[1]
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 2
+
+
+async def test_append_after_dedup_window_appends_again(backend: Backend) -> None:
+    broker = backend.make(dedup_window_s=1)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+    first_id = await broker.append(stream, b"first", end=False, message_id=message_id)
+
+    await asyncio.sleep(1.1)
+    second_id = await broker.append(stream, b"after window", end=False, message_id=message_id)
+
+    assert second_id != first_id
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 2
+
+
+async def test_append_retried_end_keeps_ttl_and_untracks(backend: Backend) -> None:
+    broker = backend.make(stream_ttl_s=120)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+    end_id = await broker.append(stream, b"end", end=True, message_id=message_id)
+
+    retried_id = await broker.append(stream, b"end", end=True, message_id=message_id)
+
+    assert retried_id == end_id
+    info = await broker.info(stream)
+    assert info is not None
+    assert info.length == 1
+    assert info.ttl_s is not None
+    assert 100 < info.ttl_s <= 120
+    assert await backend.tracked_score(broker, stream) is None

@@ -11,7 +11,7 @@ import pytest
 
 from broker.base import Broker
 from broker.factory import create_broker
-from broker.keys import all_tracking_keys, rate_limit_key, stream_key, tracking_key
+from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_key, tracking_key
 from conduit.errors import BrokerUnavailable, RateLimited
 from conduit.settings import BrokerSettings
 from tests.broker.conftest import Backend
@@ -92,6 +92,47 @@ async def test_rate_limit_counter_without_expiry_gets_one(redis_backend: Backend
 
     assert raised.value.retry_after_s == 5
     assert 0 < await raw.pttl(rate_limit_key(stream)) <= 5000
+
+
+async def test_dedup_key_shares_slot_and_expires(any_redis_backend: Backend) -> None:
+    raw = any_redis_backend.raw
+    assert raw is not None
+    broker = any_redis_backend.make(dedup_window_s=300)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+
+    entry_id = await broker.append(stream, b"remembered", end=False, message_id=message_id)
+
+    key = dedup_key(stream, message_id)
+    assert key == f"conduit:msg:{{{stream}}}:{message_id}"
+    assert await raw.get(key) == entry_id.encode()
+    assert 290_000 < await raw.pttl(key) <= 300_000
+
+
+async def test_duplicate_leaves_keys_unchanged(any_redis_backend: Backend) -> None:
+    raw = any_redis_backend.raw
+    assert raw is not None
+    broker = any_redis_backend.make(rate_limit=5, rate_window_s=60)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+    entry_id = await broker.append(stream, b"once", end=False, message_id=message_id)
+
+    await broker.append(stream, b"once", end=False, message_id=message_id)
+
+    assert await raw.get(rate_limit_key(stream)) == b"1"
+    assert await raw.xrange(stream) == [(entry_id.encode(), {b"data": b"once"})]
+
+
+async def test_append_without_dedup_writes_no_dedup_key(any_redis_backend: Backend) -> None:
+    raw = any_redis_backend.raw
+    assert raw is not None
+    broker = any_redis_backend.make(dedup_window_s=0)
+    stream = new_stream()
+    message_id = str(uuid.uuid4())
+
+    await broker.append(stream, b"not remembered", end=False, message_id=message_id)
+
+    assert await raw.exists(dedup_key(stream, message_id)) == 0
 
 
 async def test_append_after_script_flush_reloads_script(
