@@ -156,6 +156,14 @@ class RedisBroker(Broker):
         }
         if not cursors:
             raise ValueError("positions must name at least one stream")
+        # Checked here because redis-py's own cross-slot error would surface
+        # as BrokerUnavailable, hiding a caller's mistake as an outage.
+        groups = {self.read_group(stream) for stream in cursors}
+        if len(groups) > 1:
+            raise ValueError(
+                f"read_many streams must share one read_group, got {len(cursors)} streams "
+                f"in {len(groups)} Redis Cluster hash slots; group them with read_group first"
+            )
         self._check_open()
         block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
 
