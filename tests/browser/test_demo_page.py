@@ -1,0 +1,55 @@
+"""The demo page of ``conduit dev`` in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from playwright.async_api import Page, expect
+
+from conduit.sdk import HttpPublisher
+from tests.browser.conftest import TIMEOUT_S, DevServer
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
+
+
+async def test_demo_page_assembles_hello_world(page: Page, dev_server: DevServer) -> None:
+    await page.goto(f"{dev_server.gateway_url}/")
+    await expect(page.locator("#state")).to_have_text("live")
+    channel_id = await page.evaluate("document.body.dataset.channelId")
+    org_id = int(await page.evaluate("document.body.dataset.orgId"))
+
+    async with asyncio.timeout(TIMEOUT_S), HttpPublisher(
+        dev_server.publish_url, dev_server.publisher_token, org_id=org_id
+    ) as publisher:
+        async with publisher.stream(channel_id) as stream:
+            await stream.delta({"value": "hello,"})
+            await stream.delta({"value": " world!"})
+
+    await expect(page.locator("#state")).to_have_text("ended")
+    await expect(page.locator("#output")).to_have_text("hello, world!")
+    await expect(page.locator("#phase")).to_have_text("END")
+    await expect(page.locator("#sequence")).to_have_text("4")
+    await expect(page.locator("#reconnects")).to_have_text("0")
+    await expect(page.locator("#events tr")).to_have_count(4)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+async def test_demo_page_button_publishes_demo_stream(page: Page, dev_server: DevServer) -> None:
+    await page.goto(f"{dev_server.gateway_url}/")
+    await expect(page.locator("#state")).to_have_text("live")
+    await page.fill("#text", "one two three")
+
+    await page.click("#publish")
+
+    await expect(page.locator("#state")).to_have_text("ended")
+    await expect(page.locator("#output")).to_have_text("one two three")
+    await expect(page.locator("#sequence")).to_have_text("5")
+
+    # A second click starts a fresh channel, since the first one has ended.
+    first_channel = await page.evaluate("document.body.dataset.channelId")
+    await page.fill("#text", "again")
+    await page.click("#publish")
+    await expect(page.locator("#output")).to_have_text("again")
+    assert await page.evaluate("document.body.dataset.channelId") != first_channel
