@@ -76,6 +76,10 @@ class Settings:
     publish_port: int = 8081
     publish_grpc_port: int = 50051
     gateway_port: int = 8080
+    gateway_max_connections_per_ip: int = 0
+    """Concurrent SSE connections allowed per client IP address; 0 is unlimited, because clients behind one proxy or NAT share an address."""
+    gateway_max_connections_per_token: int = 0
+    """Concurrent SSE connections allowed per subscriber token; 0 is unlimited, because a backend may give one channel token to many viewers."""
     max_message_bytes: int = 16384
     log_format: LogFormat = "text"
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -132,6 +136,8 @@ def load_settings(
         publish_port=env.port("PUBLISH_PORT", 8081),
         publish_grpc_port=env.port("PUBLISH_GRPC_PORT", 50051),
         gateway_port=env.port("GATEWAY_PORT", 8080),
+        gateway_max_connections_per_ip=env.integer("GATEWAY_MAX_CONNECTIONS_PER_IP", 0, minimum=0),
+        gateway_max_connections_per_token=env.integer("GATEWAY_MAX_CONNECTIONS_PER_TOKEN", 0, minimum=0),
         max_message_bytes=env.integer("MAX_MESSAGE_BYTES", 16384, minimum=1),
         log_format=env.choice("LOG_FORMAT", ("text", "json"), "text"),  # type: ignore[arg-type]
         broker=broker,

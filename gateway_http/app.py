@@ -32,6 +32,7 @@ from conduit.settings import Settings
 from gateway_http.auth import TokenVerifier
 from gateway_http.drain import Drain
 from gateway_http.feed import Feed
+from gateway_http.limits import ConnectionLimiter, token_digest
 from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id
 from gateway_http.sse import KEEPALIVE_INTERVAL_S, SEND_TIMEOUT_S, SseStream
 
@@ -56,12 +57,18 @@ def create_app(
     """Build the gateway app; ``settings.gateway_jwt`` must be set, and its key is parsed here once.
 
     ``drain`` counts the open streams and signals them to close on shutdown.
+    Each app counts its streams against the settings' per-IP and per-token
+    connection limits and answers 429 over a limit.
     While it drains, ``/readyz`` returns 503. ``feed`` delivers the entries.
     The app neither opens nor closes ``feed`` or ``broker``.
     """
     if settings.gateway_jwt is None:
         raise ConfigError("GATEWAY_JWT_PUBLIC_KEY is required for the gateway but not set")
     verifier = TokenVerifier(settings.gateway_jwt)
+    limiter = ConnectionLimiter(
+        max_per_ip=settings.gateway_max_connections_per_ip,
+        max_per_token=settings.gateway_max_connections_per_token,
+    )
 
     @get("/events/{org_id:str}", include_in_schema=False)
     async def events(
@@ -84,6 +91,8 @@ def create_app(
             after_id=header_after_id or query_after_id or _STREAM_START_ID,
             drain=drain,
             log_fields={"org_id": org, "channel_id": channel},
+            limiter=limiter,
+            token_key=token_digest(token or ""),
             keepalive_interval_s=keepalive_interval_s,
             send_timeout_s=send_timeout_s,
         )

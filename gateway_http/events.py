@@ -20,28 +20,39 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from broker.base import Entry
+from broker.ids import parse_entry_id
 from conduit.v1alpha import publish_pb2
 
 __all__ = [
+    "ENTRIES_MISSED",
     "KEEPALIVE_FRAME",
     "RETRY_FRAME",
     "RETRY_MS",
-    "StreamEvent",
+    "SERVER_DRAINING",
+    "SseEvent",
     "UndecodableEntry",
+    "control_event",
     "control_frame",
     "encode_entry",
     "error_frame",
+    "is_start_entry",
 ]
 
 RETRY_MS = 500
 """Reconnection delay that the browser's EventSource uses after the connection drops."""
 RETRY_FRAME = f"retry: {RETRY_MS}\n\n".encode()
 KEEPALIVE_FRAME = b": keep-alive\n\n"
+
+SERVER_DRAINING = "server_draining"
+"""Control type sent before the gateway closes a stream because it shuts down."""
+ENTRIES_MISSED = "entries_missed"
+"""Control type sent before the first entry when entries the client asked for were trimmed away."""
 
 # Largest integer that a JavaScript number represents exactly (Number.MAX_SAFE_INTEGER).
 _MAX_SAFE_INTEGER = 2**53 - 1
@@ -52,14 +63,20 @@ class UndecodableEntry(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """One encoded ``event: stream`` frame and whether its entry ends the stream."""
+class SseEvent:
+    """One SSE event, encoded once and then sent to any number of subscribers."""
 
     frame: bytes
-    is_end: bool
+    kind: Literal["stream", "control"]
+    entry_id: str | None = None
+    """Broker entry id of a stream event; None for a control event."""
+    entry_key: tuple[int, int] | None = None
+    """``entry_id`` as ``(ms, seq)``, for ordering without parsing again."""
+    is_end: bool = False
+    """True for the stream's END entry, after which the response closes."""
 
 
-def encode_entry(entry: Entry) -> StreamEvent:
+def encode_entry(entry: Entry) -> SseEvent:
     """Encode ``entry`` as an ``event: stream`` frame; raise UndecodableEntry when it cannot be."""
     try:
         request = publish_pb2.PublishRequest.FromString(entry.data)
@@ -84,13 +101,32 @@ def encode_entry(entry: Entry) -> StreamEvent:
         raise UndecodableEntry(f"payload is not valid JSON: {error}") from None
 
     frame = f"event: stream\nid: {entry.id}\ndata: {text}\n\n".encode()
-    return StreamEvent(frame=frame, is_end=request.phase == publish_pb2.PHASE_END)
+    return SseEvent(
+        frame=frame,
+        kind="stream",
+        entry_id=entry.id,
+        entry_key=parse_entry_id(entry.id),
+        is_end=request.phase == publish_pb2.PHASE_END,
+    )
+
+
+def is_start_entry(entry: Entry) -> bool:
+    """Return True when ``entry`` is a PublishRequest in PHASE_START; False for any other or undecodable entry."""
+    try:
+        return publish_pb2.PublishRequest.FromString(entry.data).phase == publish_pb2.PHASE_START
+    except DecodeError:
+        return False
 
 
 def control_frame(control_type: str) -> bytes:
     """Encode an ``event: control`` frame with a fresh message id, for example for ``server_draining``."""
     data = {"event_type": "control", "message_id": str(uuid.uuid4()), "control_type": control_type}
     return f"event: control\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def control_event(control_type: str) -> SseEvent:
+    """Return ``control_frame(control_type)`` as an event that a subscription can deliver."""
+    return SseEvent(frame=control_frame(control_type), kind="control")
 
 
 def error_frame(message: str) -> bytes:

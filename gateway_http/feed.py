@@ -1,30 +1,37 @@
-"""The interface through which an SSE response receives the entries of one stream.
+"""The interface through which an SSE response receives the events of one stream.
 
-The response handler depends only on ``Feed`` and ``Subscription``. How
-entries reach a subscription (one broker read per connection, or one shared
-reader per channel that fans out) is up to the implementation.
+The response handler depends only on ``Feed`` and ``Subscription``: it sends
+the frames it is given, in order, and closes after an END. How the events
+reach a subscription, and how often each entry is encoded, is up to the
+implementation (``gateway_http.hub.HubFeed``).
 """
 
 from __future__ import annotations
 
 import abc
 
-from broker.base import Entry
+from gateway_http.events import SseEvent
 
-__all__ = ["Feed", "Subscription"]
+__all__ = ["Feed", "SubscriberLagging", "Subscription"]
+
+
+class SubscriberLagging(Exception):
+    """The subscriber fell too far behind the live stream and was dropped; it can resume with its Last-Event-ID."""
 
 
 class Subscription(abc.ABC):
-    """The entries of one stream after a given id, for one consumer, in order."""
+    """The events of one stream after a given id, for one consumer, in order."""
 
     @abc.abstractmethod
-    async def next_batch(self, timeout_s: float) -> list[Entry]:
-        """Return the next entries, oldest first, or an empty list when none arrived within about ``timeout_s``.
+    async def next_batch(self, timeout_s: float) -> list[SseEvent]:
+        """Return the next events, oldest first, or an empty list when none arrived within about ``timeout_s``.
 
-        Never returns an entry twice or out of order. Raises
+        Never returns an entry twice or out of order, and leaves no entry out
+        unless a control event (``entries_missed``) says so first. Raises
         ``conduit.errors.BrokerUnavailable`` when the broker stayed unreachable
-        for longer than the feed's retry budget; the subscription is then
-        finished and only ``close`` may follow.
+        for longer than the feed's retry budget, and SubscriberLagging when the
+        consumer fell more than the feed's buffer behind. The subscription is
+        then finished and only ``close`` may follow.
         """
 
     @abc.abstractmethod

@@ -14,7 +14,7 @@ from conduit.settings import Settings
 from gateway_http.app import create_app
 from gateway_http.drain import Drain
 from gateway_http.feed import Feed
-from gateway_http.polling_feed import BROKER_RETRY_BUDGET_S, PollingFeed
+from gateway_http.hub import BROKER_RETRY_BUDGET_S, SUBSCRIBER_BUFFER_EVENTS, HubFeed
 from gateway_http.sse import KEEPALIVE_INTERVAL_S, SEND_TIMEOUT_S
 
 __all__ = ["DRAIN_GRACE_S", "GatewayServer"]
@@ -45,10 +45,19 @@ class GatewayServer:
         keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
         broker_retry_budget_s: float = BROKER_RETRY_BUDGET_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
+        subscriber_buffer_events: int = SUBSCRIBER_BUFFER_EVENTS,
         feed: Feed | None = None,
     ) -> None:
         self._drain = Drain()
-        self._feed = feed if feed is not None else PollingFeed(broker, retry_budget_s=broker_retry_budget_s)
+        self._started = False
+        if feed is None:
+            feed = HubFeed(
+                broker,
+                max_stream_len=settings.broker.max_stream_len,
+                retry_budget_s=broker_retry_budget_s,
+                buffer_events=subscriber_buffer_events,
+            )
+        self._feed = feed
         self.app: Litestar = create_app(
             settings,
             broker,
@@ -78,6 +87,11 @@ class GatewayServer:
         return self._drain.open_count
 
     @property
+    def feed(self) -> Feed:
+        """The feed that delivers entries to the SSE responses."""
+        return self._feed
+
+    @property
     def is_draining(self) -> bool:
         """True once ``stop`` has begun."""
         return self._drain.is_draining
@@ -85,6 +99,7 @@ class GatewayServer:
     async def start(self) -> None:
         """Bind ``settings.host:settings.gateway_port`` and start serving."""
         await self._http.start()
+        self._started = True
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         """Drain open streams, then stop the listener and the feed.
@@ -92,8 +107,13 @@ class GatewayServer:
         In order: ``/readyz`` turns 503. Every open stream, and any that opens
         meanwhile, gets ``event: control`` (``server_draining``) and is closed.
         This waits up to ``grace_s`` for them to close. Then the HTTP server
-        stops and cancels what is left after a short timeout.
+        stops and cancels what is left after a short timeout. After a
+        ``start`` that failed, only the feed is closed.
         """
+        if not self._started:
+            await self._feed.close()
+            return
+        self._started = False
         self._drain.start()
         open_count = self._drain.open_count
         logger.info("gateway draining", extra={"open_streams": open_count})

@@ -15,25 +15,19 @@ is dropped instead of buffered without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-import time
 from typing import Literal
 
 from litestar.types import Receive, Scope, Send
 
-from broker.base import Entry
 from conduit.errors import BrokerUnavailable
 from gateway_http.drain import Drain
-from gateway_http.events import (
-    KEEPALIVE_FRAME,
-    RETRY_FRAME,
-    UndecodableEntry,
-    control_frame,
-    encode_entry,
-    error_frame,
-)
-from gateway_http.feed import Feed
-from gateway_http.metrics import EVENTS_SENT, OPEN_STREAMS, SKIPPED_ENTRIES
+from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, control_frame, error_frame
+from gateway_http.feed import Feed, SubscriberLagging
+from gateway_http.limits import ConnectionLimiter, ConnectionLimitExceeded
+from gateway_http.metrics import EVENTS_SENT, OPEN_STREAMS
 
 __all__ = ["KEEPALIVE_INTERVAL_S", "SEND_TIMEOUT_S", "SseStream"]
 
@@ -44,7 +38,6 @@ KEEPALIVE_INTERVAL_S = 15.0
 SEND_TIMEOUT_S = 10.0
 """Maximum wait for the client to take one frame. A slower client is dropped."""
 
-_SKIPPED_LOG_INTERVAL_S = 10.0
 # A closing stream waits at most 50 x 0.1 s = 5 s for its tasks to finish.
 _CANCEL_ATTEMPTS = 50
 _CANCEL_WAIT_S = 0.1
@@ -98,10 +91,14 @@ class SseStream:
         after_id: str,
         drain: Drain,
         log_fields: dict[str, object],
+        limiter: ConnectionLimiter,
+        token_key: bytes,
         keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self._feed = feed
+        self._limiter = limiter
+        self._token_key = token_key
         self._stream = stream
         self._after_id = after_id
         self._drain = drain
@@ -110,6 +107,19 @@ class SseStream:
         self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The connection counts from here to the return, so no path can leave it counted.
+        client = scope.get("client")
+        try:
+            lease = self._limiter.acquire(client[0] if client else None, self._token_key)
+        except ConnectionLimitExceeded as error:
+            await _send_rejection(send, error, str(scope.get("path")), self._send_timeout_s)
+            return
+        try:
+            await self._serve(receive, send)
+        finally:
+            lease.release()
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
         sender = _FrameSender(send, self._send_timeout_s)
         reason = "cancelled"
         with self._drain.track(), OPEN_STREAMS.track_inprogress():
@@ -143,14 +153,18 @@ class SseStream:
             disconnect.result()  # re-raises an error from receive()
             return "client disconnected"
         else:
-            await sender.frame(control_frame("server_draining"), "control")
+            await sender.frame(control_frame(SERVER_DRAINING), "control")
             reason = "server draining"
         await sender.finish()
         return reason
 
     async def _pump(self, sender: _FrameSender) -> str:
-        """Send the stream's entries, with keep-alives while idle, until END or a broker failure."""
-        subscription = await self._feed.subscribe(self._stream, self._after_id)
+        """Send the stream's events, with keep-alives while idle, until END, a broker failure or a lag."""
+        try:
+            subscription = await self._feed.subscribe(self._stream, self._after_id)
+        except BrokerUnavailable as error:
+            await sender.frame(error_frame(error.message), "error")
+            return "broker unavailable"
         try:
             while True:
                 try:
@@ -159,27 +173,21 @@ class SseStream:
                     logger.warning("closing stream: broker unavailable", extra={**self._log_fields, "error": str(error)})
                     await sender.frame(error_frame(error.message), "error")
                     return "broker unavailable"
+                except SubscriberLagging:
+                    # Closing lets the client reconnect with its Last-Event-ID.
+                    logger.warning("dropping subscriber that fell behind", extra=self._log_fields)
+                    return "subscriber fell behind"
 
                 if not batch:
                     await sender.frame(KEEPALIVE_FRAME, "keepalive")
                     continue
 
-                for entry in batch:
-                    if await self._send_entry(sender, entry):
+                for event in batch:
+                    await sender.frame(event.frame, event.kind)
+                    if event.is_end:
                         return "stream ended"
         finally:
             await subscription.close()
-
-    async def _send_entry(self, sender: _FrameSender, entry: Entry) -> bool:
-        """Send one entry; return True when it is the stream's END entry."""
-        try:
-            event = encode_entry(entry)
-        except UndecodableEntry as error:
-            SKIPPED_ENTRIES.inc()
-            _skipped_entry_log.warn(entry_id=entry.id, error=str(error), **self._log_fields)
-            return False
-        await sender.frame(event.frame, "stream")
-        return event.is_end
 
 
 async def _cancel_and_wait(tasks: tuple[asyncio.Task[object], ...]) -> None:
@@ -199,29 +207,18 @@ async def _cancel_and_wait(tasks: tuple[asyncio.Task[object], ...]) -> None:
         logger.error("SSE tasks ignored cancellation", extra={"tasks": sorted(task.get_name() for task in pending)})
 
 
+async def _send_rejection(send: Send, error: ConnectionLimitExceeded, path: str, timeout_s: float) -> None:
+    """Send a 429 shaped like the app's other error responses, in place of the stream."""
+    logger.info("request rejected", extra={"path": path, "status_code": 429, "error": error.message})
+    body = json.dumps({"status_code": 429, "detail": error.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"retry-after", error.retry_after_header.encode())]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     # A GET has no body to read, so everything before the disconnect is ignored.
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-class _ThrottledWarning:
-    """Logs at most one WARNING per interval and counts the ones held back."""
-
-    def __init__(self, message: str, interval_s: float) -> None:
-        self._message = message
-        self._interval_s = interval_s
-        self._next_log_at = 0.0
-        self._held_back = 0
-
-    def warn(self, **fields: object) -> None:
-        now = time.monotonic()
-        if now < self._next_log_at:
-            self._held_back += 1
-            return
-        logger.warning(self._message, extra={**fields, "held_back": self._held_back})
-        self._held_back = 0
-        self._next_log_at = now + self._interval_s
-
-
-_skipped_entry_log = _ThrottledWarning("skipping undecodable stream entry", _SKIPPED_LOG_INTERVAL_S)

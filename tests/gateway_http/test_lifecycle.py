@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from broker.base import Broker
 from gateway_http.app import create_app
 from gateway_http.drain import Drain
-from gateway_http.polling_feed import PollingFeed
+from gateway_http.hub import HubFeed
 from gateway_http.server import GatewayServer
 from tests.gateway_http.helpers import ORG_ID, FrameReader, GatewayFactory, make_settings, publish, wait_until
 from tests.redis_process import RedisProcess
@@ -81,7 +81,7 @@ async def test_drain_started_stream_gets_control_at_once(
     broker: Broker, rsa_keys: tuple[str, str], channel_id: str, mint: Callable[..., str]
 ) -> None:
     drain = Drain()
-    app = create_app(make_settings(rsa_keys[1], None), broker, PollingFeed(broker), drain=drain)
+    app = create_app(make_settings(rsa_keys[1], None), broker, HubFeed(broker, max_stream_len=1200), drain=drain)
     drain.start()
 
     async with AsyncTestClient(app) as test_client:

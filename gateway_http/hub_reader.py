@@ -1,0 +1,174 @@
+"""One task that reads the live entries of many channels with one blocking read and fans them out.
+
+A reader serves the active channels of one broker read group: every channel
+on a single Redis or on the embedded broker, one hash slot on Redis Cluster.
+Each pass issues one ``Broker.read_many`` over all of them, from each
+channel's ``position``, encodes every entry once, and hands the same events to
+every subscriber of the channel. While the read waits, it holds one broker
+connection, whatever the number of channels or subscribers.
+
+A channel added while a read waits interrupts that read, so the next read
+includes it at once. On Redis, redis-py closes a connection whose command is
+cancelled, so each interruption costs one reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker.base import Broker, Entry
+from conduit.errors import BrokerUnavailable
+from gateway_http.encoding import encode_entries
+from gateway_http.events import SseEvent
+from gateway_http.retry import RetryBudget
+
+__all__ = ["Channel", "ChannelReader", "LiveSubscriber", "ReadPolicy"]
+
+logger = logging.getLogger(__name__)
+
+# Extra time a blocking read gets beyond its block before it counts as failed.
+_READ_DEADLINE_SLACK_S = 5.0
+
+
+class LiveSubscriber(Protocol):
+    """What a reader needs of a subscriber: a place to put events and a way to fail it."""
+
+    def deliver(self, events: list[SseEvent]) -> None:
+        """Take ``events`` in order; must not block."""
+
+    def fail(self, error: BrokerUnavailable) -> None:
+        """End the subscription with ``error`` after the events already delivered."""
+
+
+@dataclass(eq=False)
+class Channel:
+    """One stream with live subscribers in this process."""
+
+    stream: str
+    position: str
+    """Id of the newest entry fanned out, or the stream's last id when the channel opened."""
+    subscribers: set[LiveSubscriber] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPolicy:
+    """How the readers of a hub read and retry."""
+
+    read_count: int
+    """Maximum entries per channel that one read returns."""
+    max_block_ms: int
+    retry_budget_s: float
+
+
+class ChannelReader:
+    """Reads the channels of one read group in one task until the last channel leaves."""
+
+    def __init__(self, broker: Broker, group: str, policy: ReadPolicy, on_stopped: Callable[[ChannelReader], None]) -> None:
+        self.group = group
+        self.channels: dict[str, Channel] = {}
+        self._broker = broker
+        self._policy = policy
+        self._on_stopped = on_stopped
+        self._task: asyncio.Task[None] | None = None
+        self._read: asyncio.Task[dict[str, list[Entry]]] | None = None
+
+    def add(self, channel: Channel) -> None:
+        """Start reading ``channel`` after its position, interrupting a read in progress."""
+        self.channels[channel.stream] = channel
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"hub-reader-{self.group or 'all'}")
+        elif self._read is not None:
+            self._read.cancel()
+
+    def remove(self, stream: str) -> None:
+        """Stop reading ``stream``; the reader stops when it was the last channel."""
+        self.channels.pop(stream, None)
+        if not self.channels:
+            self.stop()
+
+    def stop(self) -> None:
+        """Cancel the reader's task; ``wait_stopped`` waits for it."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the task has finished."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        budget = RetryBudget(self._policy.retry_budget_s, log_fields={"read_group": self.group})
+        try:
+            while self.channels:
+                await asyncio.sleep(budget.delay_s())
+                try:
+                    found = await self._read_once()
+                except asyncio.CancelledError:
+                    if self._interrupted():
+                        continue
+                    raise
+                except (BrokerUnavailable, TimeoutError) as error:
+                    try:
+                        budget.failed(error)
+                    except BrokerUnavailable as final:
+                        self._fail_all(final)
+                        return
+                    continue
+                budget.succeeded()
+                self._fan_out(found)
+        finally:
+            # The owner forgets the channels that are still here, such as after a failure.
+            self._on_stopped(self)
+
+    async def _read_once(self) -> dict[str, list[Entry]]:
+        """Run one ``read_many`` over every channel; a cancelled read raises CancelledError."""
+        positions = {stream: channel.position for stream, channel in self.channels.items()}
+        read = self._read = asyncio.create_task(
+            self._broker.read_many(positions, count=self._policy.read_count, block_ms=self._policy.max_block_ms)
+        )
+        try:
+            done, _ = await asyncio.wait([read], timeout=self._policy.max_block_ms / 1000 + _READ_DEADLINE_SLACK_S)
+            if not done:
+                raise TimeoutError("broker read did not return within its block time")
+            return read.result()
+        finally:
+            self._read = None
+            if not read.done():
+                read.cancel()
+                # Wait for the cancelled read, so no task outlives this reader.
+                await asyncio.wait([read])
+            if not read.cancelled():
+                read.exception()  # mark retrieved; result() above raised it when it mattered
+
+    def _interrupted(self) -> bool:
+        """Return True when a cancellation came from ``add`` and not from ``stop``."""
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() == 0
+
+    def _fan_out(self, found: dict[str, list[Entry]]) -> None:
+        for stream, entries in found.items():
+            channel = self.channels.get(stream)
+            if channel is None:
+                continue
+            channel.position = entries[-1].id
+            events = encode_entries(entries, {"stream": stream})
+            if not events:
+                continue
+            # A subscriber that overflows leaves the set while this loop runs.
+            for subscriber in list(channel.subscribers):
+                subscriber.deliver(events)
+
+    def _fail_all(self, error: BrokerUnavailable) -> None:
+        logger.warning(
+            "closing live channels: broker unavailable",
+            extra={"read_group": self.group, "channels": len(self.channels), "error": error.message},
+        )
+        for channel in self.channels.values():
+            for subscriber in list(channel.subscribers):
+                subscriber.fail(error)

@@ -1,0 +1,236 @@
+"""One subscriber of a hub: replays history from its own position, then takes the shared live events.
+
+Hand-over without gap or duplicate:
+
+1. The subscription joins its channel and records ``live_from``, the
+   channel's position at that moment. The channel's reader delivers every
+   entry after ``live_from`` to it from then on, into a bounded queue. When
+   the channel is new, its position is the stream's last id from
+   ``Broker.info``, so every entry appended after that reaches the reader.
+2. When the client's position is before ``live_from``, the subscription
+   reads the stream itself, a page at a time and only as fast as the client
+   takes the events, and keeps the entries up to ``live_from``.
+3. Then it sends the queued live events, skipping any with an id at or
+   before the last id sent, and from then on every live event.
+
+Before the first replayed entry it checks whether the client asked for
+entries that trimming removed; see ``_entries_were_trimmed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.base import Broker, Entry
+from broker.ids import parse_entry_id
+from conduit.errors import BrokerUnavailable
+from gateway_http.encoding import encode_entries
+from gateway_http.events import ENTRIES_MISSED, SseEvent, control_event, is_start_entry
+from gateway_http.feed import SubscriberLagging, Subscription
+from gateway_http.metrics import LAGGING_SUBSCRIBERS
+from gateway_http.retry import RetryBudget
+
+__all__ = ["ChannelRegistry", "HubSubscription", "SubscriptionPolicy"]
+
+# Extra time one non-blocking broker call gets before it counts as failed.
+_CALL_TIMEOUT_S = 5.0
+_START_ID = "0-0"
+
+
+class ChannelRegistry(Protocol):
+    """The hub's side of a subscription: joining and leaving live channels."""
+
+    def join(self, subscription: HubSubscription) -> str | None:
+        """Add ``subscription`` to its live channel and return the channel's position; None when no channel is open."""
+
+    def open_channel(self, subscription: HubSubscription, last_id: str) -> str:
+        """Open the channel at ``last_id`` unless it opened meanwhile, add ``subscription`` and return the position."""
+
+    def leave(self, subscription: HubSubscription) -> None:
+        """Remove ``subscription`` from its channel; the channel closes with its last subscriber."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionPolicy:
+    """Bounds of one subscription."""
+
+    buffer_events: int
+    """Maximum live events queued for the subscriber; one more and it is dropped."""
+    replay_page: int
+    """Entries per history read."""
+    max_stream_len: int
+    """The broker's MAX_STREAM_LEN: only a stream that long can have been trimmed."""
+    retry_budget_s: float
+
+
+class HubSubscription(Subscription):
+    """A subscription of ``HubFeed``; see the module docstring for the hand-over."""
+
+    def __init__(
+        self, registry: ChannelRegistry, broker: Broker, stream: str, after_id: str, policy: SubscriptionPolicy
+    ) -> None:
+        self.stream = stream
+        self._registry = registry
+        self._broker = broker
+        self._policy = policy
+        self._cursor = after_id
+        self._cursor_key = parse_entry_id(after_id)
+        self._live_from: tuple[int, int] | None = None
+        self._replaying = True
+        self._trim_checked = False
+        self._queue: deque[SseEvent] = deque()
+        self._queued = asyncio.Event()
+        self._failure: Exception | None = None
+        self._closed = False
+        self._budget = RetryBudget(policy.retry_budget_s, log_fields={"stream": stream})
+
+    def deliver(self, events: list[SseEvent]) -> None:
+        if self._failure is not None or self._closed:
+            return
+        if len(self._queue) + len(events) > self._policy.buffer_events:
+            LAGGING_SUBSCRIBERS.inc()
+            self._queue.clear()
+            self.fail(SubscriberLagging(f"subscriber fell more than {self._policy.buffer_events} events behind"))
+            self._registry.leave(self)
+            return
+        self._queue.extend(events)
+        self._queued.set()
+
+    def fail(self, error: Exception) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._queued.set()
+
+    async def next_batch(self, timeout_s: float) -> list[SseEvent]:
+        if self._closed:
+            raise RuntimeError("subscription is closed")
+        if self._failure is not None and self._replaying:
+            # The live channel is gone, so replaying further would leave a gap.
+            raise self._failure
+        deadline = time.monotonic() + timeout_s
+
+        # Each pass makes one broker call, waits out a back-off or waits for
+        # live events, and the deadline or the retry budget ends the loop.
+        while True:
+            if self._live_from is not None and not self._replaying:
+                return await self._next_live(deadline)
+
+            delay_s = self._budget.delay_s()
+            if delay_s > 0:
+                await asyncio.sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() >= deadline:
+                    return []
+                continue
+            try:
+                async with asyncio.timeout(_CALL_TIMEOUT_S):
+                    events = await self._catch_up_step()
+            except (BrokerUnavailable, TimeoutError) as error:
+                self._record_failure(error)
+                if time.monotonic() >= deadline:
+                    return []
+                continue
+            self._budget.succeeded()
+            if events or time.monotonic() >= deadline:
+                return events
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._registry.leave(self)
+
+    def _record_failure(self, error: Exception) -> None:
+        try:
+            self._budget.failed(error)
+        except BrokerUnavailable as final:
+            self.fail(final)
+            raise
+
+    async def _catch_up_step(self) -> list[SseEvent]:
+        """Join the channel, or replay one page of history; return the events to send."""
+        if self._live_from is None:
+            await self._join()
+            return []
+        return await self._replay_page()
+
+    async def _join(self) -> None:
+        position = self._registry.join(self)
+        if position is None:
+            info = await self._broker.info(self.stream)
+            last_id = info.last_id if info is not None and info.last_id is not None else _START_ID
+            position = self._registry.open_channel(self, last_id)
+        self._live_from = parse_entry_id(position)
+        if self._cursor_key >= self._live_from:
+            self._replaying = False
+
+    async def _replay_page(self) -> list[SseEvent]:
+        assert self._live_from is not None
+        entries = await self._broker.read(self.stream, self._cursor, count=self._policy.replay_page, block_ms=0)
+        missed = not self._trim_checked and bool(entries) and await self._entries_were_trimmed(entries[0])
+        self._trim_checked = True
+
+        kept = [entry for entry in entries if parse_entry_id(entry.id) <= self._live_from]
+        if kept:
+            self._cursor = kept[-1].id
+            self._cursor_key = parse_entry_id(self._cursor)
+        if len(entries) < self._policy.replay_page or len(kept) < len(entries) or self._cursor_key >= self._live_from:
+            # Everything after live_from arrives through the live queue.
+            self._replaying = False
+            self._cursor_key = max(self._cursor_key, self._live_from)
+
+        events = encode_entries(kept, {"stream": self.stream})
+        return [control_event(ENTRIES_MISSED), *events] if missed else events
+
+    async def _entries_were_trimmed(self, first: Entry) -> bool:
+        """Return True when trimming removed entries between the client's position and ``first``.
+
+        ``first`` is the first entry after the client's position. When it is a
+        START, the stream still begins at its start and nothing is missing.
+        Otherwise entries are missing when the client's position is before the
+        oldest entry kept and the stream is as long as MAX_STREAM_LEN: a stream
+        that never reached that length was never trimmed, so a publisher that
+        sends no START does not trigger the event. Redis trims MAXLEN ~ in
+        whole nodes and the embedded broker exactly, so neither leaves a
+        trimmed stream shorter than MAX_STREAM_LEN.
+        """
+        if is_start_entry(first):
+            return False
+        info = await self._broker.info(self.stream)
+        if info is None or info.first_id is None:
+            return False
+        return self._cursor_key < parse_entry_id(info.first_id) and info.length >= self._policy.max_stream_len
+
+    async def _next_live(self, deadline: float) -> list[SseEvent]:
+        while True:
+            if isinstance(self._failure, SubscriberLagging):
+                raise self._failure
+            events = self._take_queued()
+            if events:
+                return events
+            if self._failure is not None:
+                raise self._failure
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return []
+            self._queued.clear()
+            try:
+                async with asyncio.timeout(remaining_s):
+                    await self._queued.wait()
+            except TimeoutError:
+                return []
+
+    def _take_queued(self) -> list[SseEvent]:
+        """Return the queued events after the cursor, emptying the queue."""
+        events = []
+        while self._queue:
+            event = self._queue.popleft()
+            assert event.entry_key is not None
+            if event.entry_key > self._cursor_key:
+                events.append(event)
+                self._cursor_key = event.entry_key
+        return events
