@@ -224,9 +224,17 @@ class RedisBroker(Broker):
         return deleted
 
     async def ping(self) -> None:
+        """Ping Redis; on a cluster, every master, because each one serves a share of the channels.
+
+        redis-py sends a cluster PING to one node unless told otherwise, which
+        would report a cluster with a master down as reachable.
+        """
         self._check_open()
         with redis_errors_as_unavailable("ping"):
-            await self._client.ping()
+            if isinstance(self._client, RedisCluster):
+                await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self._client.ping()
 
     async def close(self) -> None:
         if self._closed:

@@ -45,6 +45,7 @@ def redis_cluster_process() -> Iterator[RedisClusterProcess]:
 
 @pytest.fixture
 def redis_cluster_url(redis_cluster_process: RedisClusterProcess) -> str:
-    """URL of one node of the session's Redis Cluster, with every master emptied."""
+    """URL of one node of the session's Redis Cluster, with every master running and emptied."""
+    redis_cluster_process.ensure_running()
     redis_cluster_process.flushall()
     return redis_cluster_process.url

@@ -144,9 +144,18 @@ class RedisClusterProcess:
         )
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
-        self._wait_until_ok()
+        self.wait_until_ok()
 
-    def _wait_until_ok(self) -> None:
+    def ensure_running(self) -> None:
+        """Restart any node that a test stopped and wait until the cluster is ok again."""
+        stopped = [node for node in self.nodes if node.process is None]
+        for node in stopped:
+            node.start()
+        if stopped:
+            self.wait_until_ok()
+
+    def wait_until_ok(self) -> None:
+        """Wait until every node reports cluster_state:ok; raise RuntimeError after a bounded time."""
         deadline = time.monotonic() + _CLUSTER_CREATE_TIMEOUT_S
         for node in self.nodes:
             client = node.client()
