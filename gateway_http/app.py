@@ -15,6 +15,7 @@ older one. Both are validated.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -26,7 +27,7 @@ from litestar.types import ControllerRouterHandler, Scope
 
 from broker.base import Broker
 from broker.keys import stream_key
-from conduit.errors import HTTP_STATUS, ConduitError, ConfigError
+from conduit.errors import HTTP_STATUS, ConduitError, ConfigError, InvalidArgument
 from conduit.health import health_handlers
 from conduit.settings import Settings
 from gateway_http.auth import TokenVerifier
@@ -124,9 +125,19 @@ def _conduit_error_response(request: Request[object, object, object], error: Con
     status_code = next((HTTP_STATUS[cls] for cls in type(error).__mro__ if cls in HTTP_STATUS), 500)
     logger.info(
         "request rejected",
-        extra={"path": request.url.path, "status_code": status_code, "error": error.message},
+        extra={"path": request.url.path, **_request_ids(request), "status_code": status_code, "error": error.message},
     )
     return Response({"status_code": status_code, "detail": error.message}, status_code=status_code)
+
+
+def _request_ids(request: Request[object, object, object]) -> dict[str, object]:
+    """Return the org_id and channel_id that a request names, for its log line; None for one that is malformed."""
+    ids: dict[str, object] = {"org_id": None, "channel_id": None}
+    with contextlib.suppress(InvalidArgument):
+        ids["org_id"] = parse_org_id(str(request.path_params.get("org_id", "")))
+    with contextlib.suppress(InvalidArgument):
+        ids["channel_id"] = parse_channel_id(request.query_params.get("channel_id"))
+    return ids
 
 
 async def _log_unexpected_error(error: Exception, scope: Scope) -> None:
