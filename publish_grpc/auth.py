@@ -16,9 +16,11 @@ import jwt
 from conduit.errors import Unauthenticated
 from conduit.settings import JwtSettings
 
-__all__ = ["DEFAULT_CACHE_SIZE", "TokenVerifier"]
+__all__ = ["CLOCK_SKEW_LEEWAY_S", "DEFAULT_CACHE_SIZE", "TokenVerifier"]
 
 DEFAULT_CACHE_SIZE = 1024
+CLOCK_SKEW_LEEWAY_S = 60
+"""Seconds by which ``exp``, ``nbf`` and ``iat`` may be off between a publisher's clock and this service's."""
 _ALGORITHMS = ["HS256"]
 _REQUIRED_CLAIMS = ["exp", "iss", "aud"]
 _USAGE = "send 'authorization: Bearer <token>'"
@@ -32,6 +34,9 @@ class TokenVerifier:
     pays for the HMAC check and claim validation. The cache stores SHA-256
     digests of tokens, never the tokens, and at most ``cache_size`` of them,
     evicting the least recently used.
+
+    ``leeway_s`` is the clock skew allowed on ``exp``, ``nbf`` and ``iat``. The
+    default of 0 checks them exactly; the server passes ``CLOCK_SKEW_LEEWAY_S``.
     """
 
     def __init__(
@@ -40,13 +45,15 @@ class TokenVerifier:
         *,
         cache_size: int = DEFAULT_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
+        leeway_s: float = 0,
     ) -> None:
         self._secret = settings.key
         self._issuer = settings.issuer
         self._audience = settings.audience
         self._cache_size = cache_size
         self._clock = clock
-        self._expiry_by_digest: OrderedDict[bytes, float] = OrderedDict()
+        self._leeway_s = leeway_s
+        self._expiry_by_digest: OrderedDict[bytes, int] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self._issuer!r}, audience={self._audience!r}, cached={len(self)})"
@@ -62,14 +69,15 @@ class TokenVerifier:
 
         expires_at = self._expiry_by_digest.get(digest)
         if expires_at is not None:
-            if self._clock() < expires_at:
+            if self._clock() - self._leeway_s < expires_at:
                 self._expiry_by_digest.move_to_end(digest)
                 return
             del self._expiry_by_digest[digest]
             raise Unauthenticated("token has expired: mint a new one")
 
         claims = self._decode(token)
-        self._expiry_by_digest[digest] = float(claims["exp"])
+        # The decoder accepted int(exp); an int compares with the float clock even past 1e308.
+        self._expiry_by_digest[digest] = int(claims["exp"])  # type: ignore[call-overload]
         if len(self._expiry_by_digest) > self._cache_size:
             self._expiry_by_digest.popitem(last=False)
 
@@ -81,6 +89,7 @@ class TokenVerifier:
                 algorithms=_ALGORITHMS,
                 issuer=self._issuer,
                 audience=self._audience,
+                leeway=self._leeway_s,
                 options={"require": _REQUIRED_CLAIMS},
             )
         except jwt.ExpiredSignatureError:

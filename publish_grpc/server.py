@@ -13,7 +13,7 @@ from broker.base import Broker
 from conduit.errors import ConfigError
 from conduit.http_server import HttpServer, port_sharing_enabled
 from conduit.settings import Settings
-from publish_grpc.auth import TokenVerifier
+from publish_grpc.auth import CLOCK_SKEW_LEEWAY_S, TokenVerifier
 from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
 from publish_grpc.http_app import create_http_app
 from publish_grpc.publisher import Publisher
@@ -44,7 +44,7 @@ class PublishServer:
         self._draining = False
         self._publisher = Publisher(
             broker,
-            TokenVerifier(settings.publish_jwt),
+            TokenVerifier(settings.publish_jwt, leeway_s=CLOCK_SKEW_LEEWAY_S),
             max_message_bytes=settings.max_message_bytes,
         )
         self._health = health.aio.HealthServicer()

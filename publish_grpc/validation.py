@@ -39,7 +39,8 @@ UINT64_MAX = 2**64 - 1
 
 _UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _UUID_FORM = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
-_DIGITS_PATTERN = re.compile(r"[0-9]+")
+# 20 digits cover every uint64 and keep int() below its limit on digits (4300 by default).
+_DIGITS_PATTERN = re.compile(r"[0-9]{1,20}")
 _PREVIEW_MAX_CHARS = 64
 _ACCEPTED_PHASES = (Phase.PHASE_START, Phase.PHASE_DELTA, Phase.PHASE_END, Phase.PHASE_ERROR)
 
@@ -80,6 +81,8 @@ def parse_path(org_id: str, channel_id: str) -> PathIds:
     and channel_id is a UUID in the canonical hyphenated form.
     """
     if not _DIGITS_PATTERN.fullmatch(org_id):
+        if org_id.isascii() and org_id.isdigit():
+            raise InvalidArgument(f"org_id in the path must be at most {UINT64_MAX}, got {describe_value(org_id)}")
         raise InvalidArgument(f"org_id in the path must be a non-negative integer, got {describe_value(org_id)}")
     org = int(org_id)
     if org > UINT64_MAX:
