@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from conduit.errors import GRPC_STATUS, ConduitError, RateLimited
+from conduit.errors import GRPC_STATUS, ConduitError, RateLimited, Unauthenticated
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from conduit.v1alpha.publish_pb2 import PublishResponse
 from publish_grpc.publisher import Publisher
@@ -48,7 +48,12 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
     async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
         try:
             with self._publisher.attempt("grpc") as attempt:
-                self._publisher.authenticate(_authorization(context))
+                try:
+                    self._publisher.authenticate(_authorization(context))
+                except Unauthenticated:
+                    # The rejection is logged with the stream's ids when the body names them.
+                    attempt.note_body(request)
+                    raise
                 stream_id = await self._publisher.publish(attempt, request)
         except ConduitError as error:
             trailing: tuple[tuple[str, str], ...] = ()

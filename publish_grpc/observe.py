@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from types import TracebackType
 from typing import Literal
 
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
 from conduit.errors import (
@@ -62,6 +64,24 @@ _OUTCOMES: dict[type[ConduitError], str] = {
 # send thousands a second; the metrics still count every one.
 _LOG_WINDOW_S = 10.0
 _LOG_LINES_PER_WINDOW = 20
+# Length of the canonical hyphenated UUID form.
+_UUID_LENGTH = 36
+
+
+def _org_id_field(raw: str) -> int | str:
+    # 20 digits cover every uint64, and keep int() away from its digit limit.
+    if raw.isascii() and raw.isdigit() and len(raw) <= 20:
+        return int(raw)
+    return describe_value(raw)
+
+
+def _uuid_field(raw: str) -> str:
+    if len(raw) == _UUID_LENGTH:
+        try:
+            return str(uuid.UUID(raw))
+        except ValueError:
+            pass
+    return describe_value(raw)
 
 
 def outcome_of(error: BaseException) -> str:
@@ -110,17 +130,25 @@ class PublishAttempt:
         self._started = 0.0
 
     def note_path(self, org_id: str, channel_id: str) -> None:
-        """Record the raw ids of an HTTP path, before they are validated."""
-        self._ids["org_id"] = describe_value(org_id)
-        self._ids["channel_id"] = describe_value(channel_id)
+        """Record the ids of an HTTP path before they are validated: well-formed ones as values, others quoted."""
+        self._ids["org_id"] = _org_id_field(org_id)
+        self._ids["channel_id"] = _uuid_field(channel_id)
 
     def note_request(self, request: PublishRequest) -> None:
-        """Record the raw ids of a decoded request, before they are validated."""
+        """Record the ids of a decoded request before they are validated: well-formed ones as values, others quoted."""
         if request.org_id:
             self._ids["org_id"] = request.org_id
         if request.channel_id:
-            self._ids["channel_id"] = describe_value(request.channel_id)
-        self._ids["message_id"] = describe_value(request.message_id)
+            self._ids["channel_id"] = _uuid_field(request.channel_id)
+        self._ids["message_id"] = _uuid_field(request.message_id)
+
+    def note_body(self, data: bytes) -> None:
+        """Record the ids of an encoded request when it decodes; for rejections that come before decoding."""
+        try:
+            request = PublishRequest.FromString(data)
+        except DecodeError:
+            return
+        self.note_request(request)
 
     def note_publish(self, publish: ValidatedPublish) -> None:
         """Record the validated ids."""

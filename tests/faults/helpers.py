@@ -62,11 +62,13 @@ class Subscriber:
         channel_id: str,
         token: str,
         max_connections: int = 3,
+        last_event_id: str | None = None,
     ) -> None:
         self._client = client
         self._urls = urls
         self._params = {"token": token, "channel_id": channel_id}
         self._max_connections = max_connections
+        self._first_last_event_id = last_event_id
         self.channel_id = channel_id
         self.connections: list[Connection] = []
         self.connected = asyncio.Event()
@@ -85,7 +87,7 @@ class Subscriber:
         return [event for event in self.events if event.event == kind]
 
     async def _run(self) -> None:
-        last_event_id: str | None = None
+        last_event_id = self._first_last_event_id
         for attempt in range(self._max_connections):
             url = self._urls[min(attempt, len(self._urls) - 1)]
             connection = Connection(url, last_event_id)

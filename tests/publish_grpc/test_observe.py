@@ -61,8 +61,8 @@ async def test_rejected_publish_logged_with_ids(http: httpx.AsyncClient, caplog:
     assert record.getMessage() == f"publish rejected: {response.text}"
     assert record.reason == "invalid_argument"  # type: ignore[attr-defined]
     assert record.front_door == "http"  # type: ignore[attr-defined]
-    assert record.org_id == repr(str(ORG_ID))  # type: ignore[attr-defined]
-    assert record.channel_id == repr(request.channel_id)  # type: ignore[attr-defined]
+    assert record.org_id == ORG_ID  # type: ignore[attr-defined]
+    assert record.channel_id == request.channel_id  # type: ignore[attr-defined]
     assert record.message_id == "'not-a-uuid'"  # type: ignore[attr-defined]
 
 
