@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -223,3 +226,23 @@ async def test_gateway_stop_without_streams_is_quick(gateway: GatewayServer) -> 
 
     assert gateway.is_draining
     assert gateway.open_stream_count == 0
+
+
+@pytest.mark.parametrize("broker_kind", ["memory"], indirect=True)
+async def test_gateway_stop_after_failed_start_logs_no_stop(
+    broker: Broker, rsa_keys: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway_http.server")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = dataclasses.replace(make_settings(rsa_keys[1], None), gateway_port=taken.getsockname()[1])
+        server = GatewayServer(settings, broker)
+
+        with pytest.raises(OSError, match="gateway: cannot bind 127.0.0.1"):
+            await server.start()
+        await asyncio.wait_for(server.stop(grace_s=1), 10)
+
+    messages = [record.getMessage() for record in caplog.records if record.name == "gateway_http.server"]
+    assert "gateway stopped" not in messages
+    assert "gateway draining" not in messages
