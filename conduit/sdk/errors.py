@@ -20,10 +20,10 @@ class ConduitClientError(Exception):
 
 
 class PublishRejected(ConduitClientError):
-    """The publish service rejected a message or could not be reached in time.
+    """The publish service rejected a message.
 
-    ``status`` is ``"HTTP <code>"``, ``"gRPC <CODE_NAME>"``, or ``"unreachable"``/``"timeout"``
-    when no answer came. ``retry_after_s`` is set for HTTP 429 answers.
+    ``status`` is ``"HTTP <code>"`` or ``"gRPC <CODE_NAME>"``. ``retry_after_s`` is set
+    for HTTP 429 responses.
     """
 
     def __init__(self, status: str, message: str, retry_after_s: float | None = None) -> None:
@@ -35,10 +35,11 @@ class PublishRejected(ConduitClientError):
 
 
 class PublishUnreachable(ConduitClientError):
-    """No answer came from the publish service: connection refused or lost, or its deadline passed.
+    """The publish service did not respond: the connection failed or the deadline passed.
 
-    Whether the message was stored is unknown; publishing it again with the same
-    message id lets subscribers drop the copy.
+    ``status`` is ``"unreachable"`` or ``"timeout"``. Whether the message was stored
+    is unknown. Sending it again with the same message id is safe, because the
+    publish service acknowledges a repeated message id with the first stream id.
     """
 
     def __str__(self) -> str:

@@ -10,8 +10,8 @@ Both classes share one interface::
         # leaving the block sends END (or ERROR when the block raised)
 
 Every network wait has a deadline of ``timeout_s``. A rejection raises
-PublishRejected with the HTTP status or gRPC code and the server's message; no
-answer at all raises PublishUnreachable.
+PublishRejected with the HTTP status or gRPC code and the server's message. A
+failed connection or a passed deadline raises PublishUnreachable.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class _OneCallPerMessage(StreamSender):
 class HttpPublisher(Publisher):
     """Publishes with ``POST /publish/{org_id}/{channel_id}`` on the HTTP shim.
 
-    A 429 answer is retried with the same message after its Retry-After, at most
+    A 429 response is retried with the same message after its Retry-After, at most
     ``max_rate_limit_retries`` times per message.
     """
 
@@ -161,7 +161,7 @@ class HttpPublisher(Publisher):
         try:
             response = await self._client.post(url, content=request.SerializeToString(), headers=headers)
         except httpx.TimeoutException:
-            raise PublishUnreachable("timeout", f"no answer from {self.base_url} within {self.timeout_s:g} s") from None
+            raise PublishUnreachable("timeout", f"{self.base_url} did not respond within {self.timeout_s:g} s") from None
         except httpx.TransportError as error:
             raise PublishUnreachable("unreachable", f"{type(error).__name__}: {error}") from None
         if response.status_code != 200:
@@ -220,7 +220,7 @@ class GrpcPublisher(Publisher):
 
 
 class _GrpcStreamSender(StreamSender):
-    """One ``PublishStream`` call; each message is written only after the previous answer arrived.
+    """One ``PublishStream`` call; each message is written only after the previous response arrived.
 
     grpcio's asyncio client reports INTERNAL instead of the server's status when a
     write fails because the server already ended the call, so writing ahead would
@@ -245,7 +245,7 @@ class _GrpcStreamSender(StreamSender):
         except TimeoutError:
             self.abort()
             raise PublishUnreachable(
-                "timeout", f"no answer from {self._publisher.target} within {self._publisher.timeout_s:g} s"
+                "timeout", f"{self._publisher.target} did not respond within {self._publisher.timeout_s:g} s"
             ) from None
         if response is grpc.aio.EOF:
             raise await self._ended_early()

@@ -13,7 +13,7 @@ __all__ = ["MessageStream", "StreamSender"]
 
 
 class StreamSender:
-    """How a stream's messages travel: one call each, or one gRPC ``PublishStream`` call for all."""
+    """Transport of a stream's messages: one call each, or one gRPC ``PublishStream`` call for all."""
 
     async def send(self, request: publish_pb2.PublishRequest) -> str:
         raise NotImplementedError
@@ -30,10 +30,10 @@ class MessageStream:
 
     Sequence numbers count from 1 in send order, and each message gets a fresh
     message id. When the block raises an Exception, an ERROR message
-    ``{"error": "<exception class>"}`` ends the stream instead; when it is
-    cancelled, the transport is dropped without a last message, and cleanup
-    later deletes the unfinished stream. ``stream_ids`` lists the acknowledged
-    broker entry ids in order.
+    ``{"error": "<exception class>"}`` ends the stream instead. When the block is
+    cancelled, the transport is dropped without a last message, and cleanup later
+    deletes the unfinished stream. ``stream_ids`` lists the acknowledged broker
+    entry ids in order.
     """
 
     def __init__(
@@ -78,7 +78,7 @@ class MessageStream:
             self._sender.abort()
             if exc is None or isinstance(exc, asyncio.CancelledError):
                 raise
-            # The block's own exception says more than the failed ERROR message.
+            # The block's own exception explains more than the failed ERROR message, so it propagates.
 
     async def delta(self, payload: dict[str, Any] | None = None) -> str:
         """Send one DELTA message and return its stream id."""

@@ -127,7 +127,7 @@ class Subscriber:
             yield event
 
     async def raw_events(self) -> AsyncIterator[SseEvent]:
-        """Yield every event as sent, until END, reconnecting as the class docstring says."""
+        """Yield every event as sent, until END, reconnecting as described in the module docstring."""
         params = {"channel_id": self.channel_id, "token": self._token}
         failures = 0
         retry_s = 0.5

@@ -38,7 +38,7 @@ _STOP_TIMEOUT_S = 20
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    """A Chromium with a fresh profile; its pages' console errors are kept on ``context.console_errors``."""
+    """A Chromium with a fresh profile, closed after the test."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/install --test, which installs Debian's chromium package")
     async with async_playwright() as playwright:
@@ -58,6 +58,7 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
 
 @pytest.fixture
 async def page(browser: BrowserContext) -> AsyncIterator[Page]:
+    """A new tab; the test fails when a script on it raised an uncaught exception."""
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))

@@ -42,7 +42,7 @@ def serve_environment(redis_url: str, public_pem: str) -> dict[str, str]:
 
 
 class ServeProcess:
-    """One ``conduit serve ROLE`` child on free ports, ready once its /healthz answers."""
+    """One ``conduit serve ROLE`` child on free ports, ready once its /healthz returns 200."""
 
     def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
         self.role = role

@@ -24,7 +24,7 @@ CLIENT_MODULE = HERE / "node_modules" / "conduit-client" / "dist" / "index.mjs"
 
 
 class TokenIssuer:
-    """What an application's backend knows: the gateway's address and the key that signs subscriber tokens."""
+    """What an application's backend has: the gateway's address and the key that signs subscriber tokens."""
 
     def __init__(self, private_pem: str, *, issuer: str, audience: str, gateway_url: str) -> None:
         self.gateway_url = gateway_url
