@@ -16,6 +16,7 @@ from conduit.errors import GRPC_STATUS, ConduitError, RateLimited, Unauthenticat
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from conduit.v1alpha.publish_pb2 import PublishResponse
 from publish_grpc.publisher import Publisher
+from publish_grpc.stream import BeforeAppend, publish_pipelined
 
 __all__ = ["SERVICE_NAME", "PublishServicer", "add_publish_servicer"]
 
@@ -39,28 +40,44 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
     ) -> AsyncIterator[PublishResponse]:
         """Append each message and respond to each in order; the first error ends the stream with its status.
 
+        Messages are read ahead and appended while earlier ones are in flight,
+        one stream's entries in request order (see ``publish_grpc.stream``).
         The token is checked on every message, which the verifier's cache makes
         cheap, so a stream stops being accepted once its token expires.
         """
-        async for request in request_iterator:
-            yield await self._publish_one(request, context)
+        try:
+            async for stream_id in publish_pipelined(
+                request_iterator, lambda request, before_append: self._publish(request, context, before_append)
+            ):
+                yield PublishResponse(stream_id=stream_id)
+        except ConduitError as error:
+            await _abort(context, error)
 
     async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
         try:
-            with self._publisher.attempt("grpc") as attempt:
-                try:
-                    self._publisher.authenticate(_authorization(context))
-                except Unauthenticated:
-                    # The rejection is logged with the stream's ids when the body names them.
-                    attempt.note_body(request)
-                    raise
-                stream_id = await self._publisher.publish(attempt, request)
+            stream_id = await self._publish(request, context)
         except ConduitError as error:
-            trailing: tuple[tuple[str, str], ...] = ()
-            if isinstance(error, RateLimited):
-                trailing = (("retry-after", error.retry_after_header),)
-            await context.abort(GRPC_STATUS[type(error)], error.message, trailing_metadata=trailing)
+            await _abort(context, error)
         return PublishResponse(stream_id=stream_id)
+
+    async def _publish(
+        self, request: bytes, context: grpc.aio.ServicerContext, before_append: BeforeAppend | None = None
+    ) -> str:
+        with self._publisher.attempt("grpc") as attempt:
+            try:
+                self._publisher.authenticate(_authorization(context))
+            except Unauthenticated:
+                # The rejection is logged with the stream's ids when the body names them.
+                attempt.note_body(request)
+                raise
+            return await self._publisher.publish(attempt, request, before_append=before_append)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: ConduitError) -> None:
+    trailing: tuple[tuple[str, str], ...] = ()
+    if isinstance(error, RateLimited):
+        trailing = (("retry-after", error.retry_after_header),)
+    await context.abort(GRPC_STATUS[type(error)], error.message, trailing_metadata=trailing)
 
 
 def add_publish_servicer(servicer: PublishServicer, server: grpc.aio.Server) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from broker.base import Broker
 from conduit.errors import BrokerUnavailable
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.observe import FrontDoor, PublishAttempt
-from publish_grpc.validation import PathIds, check_request, decode_request
+from publish_grpc.validation import PathIds, ValidatedPublish, check_request, decode_request
 
 __all__ = ["APPEND_TIMEOUT_S", "Publisher"]
 
@@ -40,7 +41,14 @@ class Publisher:
         """Raise Unauthenticated unless ``authorization`` is ``Bearer <valid token>``."""
         self._verifier.verify(authorization)
 
-    async def publish(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> str:
+    async def publish(
+        self,
+        attempt: PublishAttempt,
+        data: bytes,
+        *,
+        path: PathIds | None = None,
+        before_append: Callable[[ValidatedPublish], Awaitable[None]] | None = None,
+    ) -> str:
         """Validate ``data`` and append it to its channel's stream; return the entry id.
 
         Every check runs before the broker is called, so a request that raises
@@ -49,12 +57,15 @@ class Publisher:
         in one atomic step. After BrokerUnavailable for a missed deadline, the
         entry may or may not be stored, and a retry with the same message_id
         within the broker's dedup window returns the stored entry's id instead
-        of appending it again.
+        of appending it again. Validation runs without awaiting, and
+        ``before_append``, when given, is awaited between it and the append.
         """
         request = decode_request(data, max_message_bytes=self.max_message_bytes)
         attempt.note_request(request)
         publish = check_request(request, data, path=path)
         attempt.note_publish(publish)
+        if before_append is not None:
+            await before_append(publish)
 
         try:
             return await asyncio.wait_for(
