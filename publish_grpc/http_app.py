@@ -4,11 +4,14 @@ A publish returns 200 with the stream id as text/plain. An error returns the
 status that ``HTTP_STATUS`` maps, with a text/plain body that names the
 problem, and 429 carries Retry-After. The body is read with a cap, so a request over the size
 limit is rejected without reading more than ``max_message_bytes + 1`` bytes,
-and at once when its Content-Length is already too large.
+and at once when its Content-Length is already too large. The body must also
+arrive within ``body_read_timeout_s``: uvicorn bounds neither a slow body nor
+a missing one, so a client that stalls would otherwise hold its request open.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from litestar import Litestar, MediaType, Request, Response, post
@@ -19,10 +22,18 @@ from conduit.health import health_handlers
 from publish_grpc.publisher import Publisher
 from publish_grpc.validation import parse_path
 
-__all__ = ["create_http_app"]
+__all__ = ["BODY_READ_TIMEOUT_S", "create_http_app"]
+
+BODY_READ_TIMEOUT_S = 10.0
+"""Time from the start of reading a publish body to its last byte; a slower request gets 400."""
 
 
-def create_http_app(publisher: Publisher, *, is_draining: Callable[[], bool] = lambda: False) -> Litestar:
+def create_http_app(
+    publisher: Publisher,
+    *,
+    is_draining: Callable[[], bool] = lambda: False,
+    body_read_timeout_s: float = BODY_READ_TIMEOUT_S,
+) -> Litestar:
     """Build the Litestar app: the publish route plus /healthz, /readyz and /metrics."""
 
     # The path parameters are plain strings so that our validation, not
@@ -35,7 +46,7 @@ def create_http_app(publisher: Publisher, *, is_draining: Callable[[], bool] = l
 
             path = parse_path(org_id, channel_id)
 
-            data = await _read_body(request, publisher.max_message_bytes)
+            data = await _read_body(request, publisher.max_message_bytes, body_read_timeout_s)
 
             return await publisher.publish(attempt, data, path=path)
 
@@ -47,14 +58,27 @@ def create_http_app(publisher: Publisher, *, is_draining: Callable[[], bool] = l
     )
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """Read the request body, raising PayloadTooLarge as soon as it passes ``max_bytes``."""
+async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """Read the request body, raising PayloadTooLarge as soon as it passes ``max_bytes``.
+
+    Raises InvalidArgument when the whole body has not arrived within ``timeout_s``.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(
             f"PublishRequest is {int(declared)} bytes (Content-Length), over the limit of {max_bytes} bytes"
         )
 
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _receive_body(request, max_bytes)
+    except TimeoutError:
+        raise InvalidArgument(
+            f"request body did not arrive within {timeout_s:g} s: send the whole body without pausing"
+        ) from None
+
+
+async def _receive_body(request: Request, max_bytes: int) -> bytes:
     body = bytearray()
     while True:
         message = await request.receive()

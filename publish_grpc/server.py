@@ -15,7 +15,7 @@ from conduit.http_server import HttpServer, port_sharing_enabled
 from conduit.settings import Settings
 from publish_grpc.auth import CLOCK_SKEW_LEEWAY_S, TokenVerifier
 from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
-from publish_grpc.http_app import create_http_app
+from publish_grpc.http_app import BODY_READ_TIMEOUT_S, create_http_app
 from publish_grpc.publisher import Publisher
 
 __all__ = ["GRPC_RECEIVE_HEADROOM_BYTES", "PublishServer"]
@@ -37,7 +37,9 @@ class PublishServer:
     The caller owns ``broker``: it is used but never closed here.
     """
 
-    def __init__(self, settings: Settings, broker: Broker) -> None:
+    def __init__(
+        self, settings: Settings, broker: Broker, *, body_read_timeout_s: float = BODY_READ_TIMEOUT_S
+    ) -> None:
         if settings.publish_jwt is None:
             raise ConfigError("PUBLISH_JWT_SECRET is required but not set")
         self._settings = settings
@@ -49,7 +51,9 @@ class PublishServer:
         )
         self._health = health.aio.HealthServicer()
         self._http = HttpServer(
-            create_http_app(self._publisher, is_draining=lambda: self._draining),
+            create_http_app(
+                self._publisher, is_draining=lambda: self._draining, body_read_timeout_s=body_read_timeout_s
+            ),
             settings.host,
             settings.publish_port,
             name="publish",

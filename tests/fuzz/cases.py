@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import grpc
 import httpx
+import jwt
 from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct, Value
 from hypothesis import HealthCheck, settings
@@ -38,7 +39,7 @@ MAX_MESSAGE_BYTES = 16384
 UINT64_MAX = 2**64 - 1
 CLIENT_TIMEOUT_S = 10
 # Body read deadline of the fuzz stack's HTTP shim, short so that the slow-body cases finish quickly.
-BODY_READ_TIMEOUT_S = 1.0
+BODY_READ_TIMEOUT_S = 0.5
 
 PUBLISH_METHOD = "/conduit.v1alpha.PublishService/Publish"
 PUBLISH_STREAM_METHOD = "/conduit.v1alpha.PublishService/PublishStream"
@@ -78,6 +79,14 @@ def publisher_token(**claims: object) -> str:
     payload: dict[str, object] = {"iss": ISSUER, "aud": PUBLISH_AUDIENCE, "iat": now, "exp": now + 600}
     payload.update(claims)
     return sign_hs256({key: value for key, value in payload.items() if value is not None}, PUBLISH_SECRET)
+
+
+def subscriber_token(stack: Stack, channel_id: str) -> str:
+    """Return a valid RS256 subscriber token for ``ORG_ID`` and ``channel_id``."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": GATEWAY_AUDIENCE, "iat": now, "exp": now + 600, "org_id": ORG_ID,
+              "channel_id": channel_id}
+    return jwt.encode(claims, stack.private_key, algorithm="RS256")
 
 
 def b64url(data: bytes) -> str:
@@ -229,6 +238,9 @@ def raw_http(port: int, head: bytes, body_parts: list[bytes] = (), *, pause_s: f
             if not chunk:
                 break
             received += chunk
+    # An interim "100 Continue" answers Expect: 100-continue; the final response follows it.
+    if received.startswith(b"HTTP/1.1 100 "):
+        received = received.partition(b"\r\n\r\n")[2]
     status_line, _, rest = received.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 "), f"no HTTP response: {received[:200]!r}"
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]

@@ -20,6 +20,7 @@ import grpc
 import httpx
 import pytest
 import redis
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from broker import create_broker
 from conduit.settings import BrokerSettings, JwtSettings, Settings
@@ -50,6 +51,8 @@ class Stack:
 
     def __init__(self, redis_process: RedisProcess, public_pem: str, private_pem: str) -> None:
         self.private_pem = private_pem
+        # Loading an RSA private key checks it, which costs far more than signing; do it once.
+        self.private_key = load_pem_private_key(private_pem.encode(), password=None)
         self.public_pem = public_pem
         self.redis = redis_process.client()
         self.settings = Settings(
@@ -67,7 +70,7 @@ class Stack:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fuzz-servers", daemon=True)
         self.broker = create_broker(self.settings.broker)
-        self.publish = PublishServer(self.settings, self.broker)
+        self.publish = PublishServer(self.settings, self.broker, body_read_timeout_s=cases.BODY_READ_TIMEOUT_S)
         self.gateway = GatewayServer(self.settings, self.broker, keepalive_interval_s=1)
         # Without TCP_NODELAY each request would wait out a delayed ACK between its headers and body.
         transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])

@@ -9,9 +9,8 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conduit.tokens import mint_subscriber_token
 from tests.fuzz import cases
-from tests.fuzz.cases import ISSUER, GATEWAY_AUDIENCE, ORG_ID, UINT64_MAX, count_case, fuzz_settings
+from tests.fuzz.cases import ORG_ID, UINT64_MAX, count_case, fuzz_settings
 from tests.fuzz.conftest import Stack
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -94,9 +93,7 @@ def test_events_path_and_query_ids(stack: Stack, data: st.DataObject) -> None:
                          "1-", "a-b", "１-１"]) | st.text(max_size=25),
         label="last_event_id",
     )
-    token = mint_subscriber_token(
-        stack.private_pem, issuer=ISSUER, audience=GATEWAY_AUDIENCE, org_id=ORG_ID, channel_id=str(channel)
-    )
+    token = cases.subscriber_token(stack, str(channel))
     params = {"token": token, "channel_id": raw_channel, "last_event_id": raw_last_id}
     channel_ok = _CANONICAL_UUID.fullmatch(raw_channel) is not None
     last_id_ok = raw_last_id == "" or _last_id_is_valid(raw_last_id)

@@ -183,7 +183,11 @@ def test_publish_huge_struct(stack: Stack, door: str, field_count: int, value_si
 @fuzz_settings(60)
 @given(
     field=st.sampled_from(["channel_id", "message_id", "payload_key", "payload_string"]),
-    raw=st.binary(min_size=1, max_size=20).filter(lambda raw: not _is_utf8(raw)),
+    raw=st.one_of(
+        # Surrogates and overlong forms that lenient UTF-8 decoders accept.
+        st.sampled_from([b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xf4\x90\x80\x80"]),
+        st.binary(min_size=1, max_size=20).filter(lambda raw: not _is_utf8(raw)),
+    ),
 )
 def test_publish_strings_not_utf8(stack: Stack, door: str, field: str, raw: bytes) -> None:
     channel_id = str(uuid.uuid4())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,11 +51,12 @@ class TokenCase:
 
 
 @pytest.fixture(scope="module")
-def other_rsa_keys() -> tuple[str, str]:
-    return generate_rsa_key_pair()
+def other_private_key() -> object:
+    """A private key that the gateway does not trust, loaded once because loading checks it slowly."""
+    return load_pem_private_key(generate_rsa_key_pair()[0].encode(), password=None)
 
 
-def sign_jws(claims: dict[str, object], key: str, algorithm: str) -> str:
+def sign_jws(claims: dict[str, object], key: object, algorithm: str) -> str:
     """Sign ``claims`` without PyJWT's checks of claim types, which would refuse the odd ones."""
     return jwt.api_jws.encode(json.dumps(claims).encode(), key, algorithm=algorithm)
 
@@ -176,7 +178,7 @@ garbage_tokens = st.one_of(
 
 
 @st.composite
-def subscriber_tokens(draw: st.DrawFn, private_pem: str, public_pem: str, other_private_pem: str,
+def subscriber_tokens(draw: st.DrawFn, private_key: object, public_pem: str, other_private_key: object,
                       channel_id: str) -> tuple[TokenCase, int]:
     """Draw a subscriber token and the status it must get for ``ORG_ID`` and ``channel_id``."""
     claims, valid = draw(claim_sets(GATEWAY_AUDIENCE))
@@ -204,9 +206,9 @@ def subscriber_tokens(draw: st.DrawFn, private_pem: str, public_pem: str, other_
 
     signing = draw(st.sampled_from(["rs256", "rs256_other_key", "hs256_public_key", "none", "garbage"]))
     if signing == "rs256":
-        token = sign_jws(claims, private_pem, "RS256")
+        token = sign_jws(claims, private_key, "RS256")
     elif signing == "rs256_other_key":
-        token, valid = sign_jws(claims, other_private_pem, "RS256"), False
+        token, valid = sign_jws(claims, other_private_key, "RS256"), False
     elif signing == "hs256_public_key":
         # Algorithm confusion: HMAC keyed with the public key that verifies RS256 tokens.
         token, valid = sign_hs256(claims, public_pem), False
@@ -246,12 +248,12 @@ def test_publisher_tokens(stack: Stack, door: str, case: TokenCase) -> None:
 @fuzz_settings(150)
 @given(data=st.data())
 def test_subscriber_tokens(
-    stack: Stack, other_rsa_keys: tuple[str, str], data: st.DataObject
+    stack: Stack, other_private_key: object, data: st.DataObject
 ) -> None:
     count_case(stack)
     channel_id = str(uuid.uuid4())
     case, status = data.draw(
-        subscriber_tokens(stack.private_pem, stack.public_pem, other_rsa_keys[0], channel_id), label="token"
+        subscriber_tokens(stack.private_key, stack.public_pem, other_private_key, channel_id), label="token"
     )
     params = {"token": case.token, "channel_id": channel_id}
 
