@@ -59,7 +59,7 @@ def create_app(
 
     ``drain`` counts the open streams and signals them to close on shutdown.
     Each app counts its streams against the settings' per-IP and per-token
-    connection limits and answers 429 over a limit.
+    connection limits and returns 429 over a limit.
     While it drains, ``/readyz`` returns 503. ``feed`` delivers the entries.
     The app neither opens nor closes ``feed`` or ``broker``.
     """

@@ -27,7 +27,7 @@ class Subscription(abc.ABC):
         """Return the next events, oldest first, or an empty list when none arrived within about ``timeout_s``.
 
         Never returns an entry twice or out of order, and leaves no entry out
-        unless a control event (``entries_missed``) says so first. Raises
+        unless a control event (``entries_missed``) reports the gap first. Raises
         ``conduit.errors.BrokerUnavailable`` when the broker stayed unreachable
         for longer than the feed's retry budget, and SubscriberLagging when the
         consumer fell more than the feed's buffer behind. The subscription is

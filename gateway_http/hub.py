@@ -1,11 +1,11 @@
 """The gateway's fan-out hub: one shared reader per broker read group feeds every local subscriber.
 
 Per process, a channel (one stream) with at least one subscriber is active.
-Active channels are grouped by ``Broker.read_group`` and each group has one
+Active channels are grouped by ``Broker.read_group``, and each group has one
 ``ChannelReader`` that reads all its channels with one blocking
-``read_many``, so the broker work and the broker connections held grow with
-the number of active channels' groups, never with the number of subscribers:
-one reader on a single Redis or the embedded broker, one per hash slot in use
+``read_many``. Broker work and blocked connections therefore grow with the
+number of groups in use, never with the number of subscribers. That is one
+reader on a single Redis or the embedded broker, and one per hash slot in use
 on Redis Cluster. A channel closes with its last subscriber and a reader stops
 with its last channel.
 

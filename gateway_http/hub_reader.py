@@ -4,7 +4,7 @@ A reader serves the active channels of one broker read group: every channel
 on a single Redis or on the embedded broker, one hash slot on Redis Cluster.
 Each pass issues one ``Broker.read_many`` over all of them, from each
 channel's ``position``, encodes every entry once, and hands the same events to
-every subscriber of the channel. While the read waits, it holds one broker
+every subscriber of the channel. While the read waits, it occupies one broker
 connection, whatever the number of channels or subscribers.
 
 A channel added while a read waits interrupts that read, so the next read
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker.base import Broker, Entry
+from broker.ids import parse_entry_id
 from conduit.errors import BrokerUnavailable
 from gateway_http.encoding import encode_entries
 from gateway_http.events import SseEvent
@@ -36,7 +37,7 @@ _READ_DEADLINE_SLACK_S = 5.0
 
 
 class LiveSubscriber(Protocol):
-    """What a reader needs of a subscriber: a place to put events and a way to fail it."""
+    """The subscriber side of a reader: a queue for events and a way to fail the subscription."""
 
     def deliver(self, events: list[SseEvent]) -> None:
         """Take ``events`` in order; must not block."""
@@ -57,7 +58,7 @@ class Channel:
 
 @dataclass(frozen=True, slots=True)
 class ReadPolicy:
-    """How the readers of a hub read and retry."""
+    """Read size, block time and retry budget of a hub's readers."""
 
     read_count: int
     """Maximum entries per channel that one read returns."""
@@ -156,8 +157,14 @@ class ChannelReader:
             channel = self.channels.get(stream)
             if channel is None:
                 continue
-            channel.position = entries[-1].id
-            events = encode_entries(entries, {"stream": stream})
+            # A channel that closed and opened again during the read may
+            # already be past some of these entries.
+            position = parse_entry_id(channel.position)
+            fresh = [entry for entry in entries if parse_entry_id(entry.id) > position]
+            if not fresh:
+                continue
+            channel.position = fresh[-1].id
+            events = encode_entries(fresh, {"stream": stream})
             if not events:
                 continue
             # A subscriber that overflows leaves the set while this loop runs.

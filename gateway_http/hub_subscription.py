@@ -192,7 +192,7 @@ class HubSubscription(Subscription):
         ``first`` is the first entry after the client's position. When it is a
         START, the stream still begins at its start and nothing is missing.
         Otherwise entries are missing when the client's position is before the
-        oldest entry kept and the stream is as long as MAX_STREAM_LEN: a stream
+        oldest entry kept and the stream is as long as MAX_STREAM_LEN. A stream
         that never reached that length was never trimmed, so a publisher that
         sends no START does not trigger the event. Redis trims MAXLEN ~ in
         whole nodes and the embedded broker exactly, so neither leaves a

@@ -61,15 +61,15 @@ def control_type(event: SseEvent) -> str:
 async def test_entries_missed_joining_trimmed_stream(
     hub: HubFeed, short_broker: Broker, stream: str, channel_id: str
 ) -> None:
-    kept = await publish_long_stream(short_broker, channel_id)
-    assert len(kept) < PUBLISHED
+    remaining = await publish_long_stream(short_broker, channel_id)
+    assert len(remaining) < PUBLISHED
     subscription = await hub.subscribe(stream, "0-0")
 
-    events = await collect(subscription, len(kept) + 1)
+    events = await collect(subscription, len(remaining) + 1)
 
     assert events[0].kind == "control"
     assert control_type(events[0]) == "entries_missed"
-    assert [event.entry_id for event in events[1:]] == kept
+    assert [event.entry_id for event in events[1:]] == remaining
     await subscription.close()
 
 
@@ -77,27 +77,27 @@ async def test_entries_missed_resuming_before_oldest_kept(
     hub: HubFeed, short_broker: Broker, stream: str, channel_id: str
 ) -> None:
     first_id = await publish(short_broker, channel_id, sequence=0, phase=publish_pb2.PHASE_START)
-    kept = await publish_long_stream(short_broker, channel_id)
-    assert first_id not in kept
+    remaining = await publish_long_stream(short_broker, channel_id)
+    assert first_id not in remaining
     subscription = await hub.subscribe(stream, first_id)
 
-    events = await collect(subscription, len(kept) + 1)
+    events = await collect(subscription, len(remaining) + 1)
 
     assert control_type(events[0]) == "entries_missed"
-    assert [event.entry_id for event in events[1:]] == kept
+    assert [event.entry_id for event in events[1:]] == remaining
     await subscription.close()
 
 
 async def test_entries_missed_not_sent_resuming_within_kept(
     hub: HubFeed, short_broker: Broker, stream: str, channel_id: str
 ) -> None:
-    kept = await publish_long_stream(short_broker, channel_id)
-    subscription = await hub.subscribe(stream, kept[-4])
+    remaining = await publish_long_stream(short_broker, channel_id)
+    subscription = await hub.subscribe(stream, remaining[-4])
 
     events = await collect(subscription, 3)
 
     assert [event.kind for event in events] == ["stream"] * 3
-    assert [event.entry_id for event in events] == kept[-3:]
+    assert [event.entry_id for event in events] == remaining[-3:]
     await subscription.close()
 
 
@@ -132,7 +132,7 @@ async def test_entries_missed_control_frame_over_http(
 ) -> None:
     base = make_settings(rsa_keys[1], None)
     settings = dataclasses.replace(base, broker=dataclasses.replace(base.broker, max_stream_len=MAX_STREAM_LEN))
-    kept = await publish_long_stream(short_broker, channel_id)
+    remaining = await publish_long_stream(short_broker, channel_id)
     server = GatewayServer(settings, short_broker)
     await server.start()
     try:
@@ -151,4 +151,4 @@ async def test_entries_missed_control_frame_over_http(
     data = json.loads(lines[1].removeprefix("data: "))
     assert data["control_type"] == "entries_missed"
     assert lines[2:] == ["", ""]
-    assert first_entry.startswith(f"event: stream\nid: {kept[0]}\n".encode())
+    assert first_entry.startswith(f"event: stream\nid: {remaining[0]}\n".encode())

@@ -96,7 +96,7 @@ async def test_hub_handover_live_entries_during_replay(
     first_page = await joiner.next_batch(5)
     for sequence in (3, 4, 5):
         await publish(broker, channel_id, sequence=sequence)
-    # Once the watcher has them, the joiner's queue holds them too, while its
+    # Once the watcher has them, the joiner's queue contains them too, while its
     # replay is still one page behind and its next page reaches past them.
     assert sequences(await collect(watcher, 3)) == [3, 4, 5]
     rest = await collect(joiner, 6 - len(first_page))
@@ -166,7 +166,7 @@ async def test_hub_encodes_live_entries_once(hub: HubFeed, broker: Broker, strea
     results = [await task for task in tasks]
 
     assert REGISTRY.get_sample_value("conduit_gateway_encoded_entries_total") == encoded_before + 8
-    # Every subscriber holds the very same frame objects.
+    # Every subscriber received the very same frame objects.
     for events in results[1:]:
         assert all(mine is first for mine, first in zip(events, results[0], strict=True))
     for subscription in subscriptions:

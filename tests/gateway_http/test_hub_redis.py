@@ -34,7 +34,7 @@ async def raw_redis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
 
 
 async def broker_connections(raw_redis: redis.asyncio.Redis) -> int:
-    """Return the number of connections that the broker's pool holds open on Redis."""
+    """Return the number of connections of the broker's pool that are open on Redis."""
     return sum(1 for client in await raw_redis.client_list() if client.get("name") == CLIENT_NAME)
 
 
