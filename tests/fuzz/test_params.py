@@ -94,13 +94,19 @@ def test_events_path_and_query_ids(stack: Stack, data: st.DataObject) -> None:
         label="last_event_id",
     )
     token = cases.subscriber_token(stack, str(channel))
-    params = {"token": token, "channel_id": raw_channel, "last_event_id": raw_last_id}
+    params = {"token": token, "channel_id": raw_channel}
+    headers = {}
+    if data.draw(st.booleans(), label="Last-Event-ID as a header") and raw_last_id.isascii() and raw_last_id.isprintable():
+        headers["last-event-id"] = raw_last_id.strip()
+        raw_last_id = raw_last_id.strip()
+    else:
+        params["last_event_id"] = raw_last_id
     channel_ok = _CANONICAL_UUID.fullmatch(raw_channel) is not None
     last_id_ok = raw_last_id == "" or _last_id_is_valid(raw_last_id)
     valid = org_is_valid(raw_org) and channel_ok and last_id_ok
 
     url = f"{stack.gateway_url}/events/{path_segment(raw_org)}"
-    with stack.http.stream("GET", url, params=params, timeout=cases.CLIENT_TIMEOUT_S) as response:
+    with stack.http.stream("GET", url, params=params, headers=headers, timeout=cases.CLIENT_TIMEOUT_S) as response:
         if raw_org in _ROUTE_CHANGING:
             assert response.status_code == 404
         elif not valid:
