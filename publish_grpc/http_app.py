@@ -25,7 +25,7 @@ from publish_grpc.validation import parse_path
 __all__ = ["BODY_READ_TIMEOUT_S", "create_http_app"]
 
 BODY_READ_TIMEOUT_S = 10.0
-"""Time from the start of reading a publish body to its last byte; a slower request gets 400."""
+"""Time from the start of reading a publish body to its last byte. A slower request gets 400."""
 
 
 def create_http_app(
@@ -74,7 +74,8 @@ async def _read_body(request: Request, max_bytes: int, timeout_s: float) -> byte
             return await _receive_body(request, max_bytes)
     except TimeoutError:
         raise InvalidArgument(
-            f"request body did not arrive within {timeout_s:g} s: send the whole body without pausing"
+            f"request body timed out: it did not arrive within {timeout_s:g} s,"
+            " so send the whole body without pausing"
         ) from None
 
 

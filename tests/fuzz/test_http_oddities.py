@@ -60,7 +60,7 @@ content_types = st.one_of(
 @fuzz_settings(60)
 @given(content_type=content_types)
 def test_publish_any_content_type(stack: Stack, content_type: str | None) -> None:
-    """The body is always read as an encoded PublishRequest, whatever the Content-Type says."""
+    """The body is always read as an encoded PublishRequest, whatever its Content-Type."""
     count_case(stack)
     channel_id = str(uuid.uuid4())
     headers = {"authorization": f"Bearer {cases.publisher_token()}"}
@@ -114,7 +114,7 @@ def test_publish_body_shorter_than_content_length(stack: Stack, declared_extra: 
 
     assert status == 400, body
     assert b"did not arrive within" in body
-    # The answer came from the server's deadline, not from the client's own timeout.
+    # The response came from the server's deadline, not from the client's own timeout.
     assert time.monotonic() - started < cases.CLIENT_TIMEOUT_S
     cases.assert_entries(stack, before, added=0)
     stack.assert_no_problem_logged()
@@ -242,7 +242,7 @@ def test_grpc_message_over_limit(stack: Stack, size_bytes: int) -> None:
 @fuzz_settings(30)
 @given(bodies=st.lists(st.one_of(st.binary(max_size=40), st.just(b"valid")), min_size=1, max_size=6))
 def test_grpc_publish_stream_mixed(stack: Stack, bodies: list[bytes]) -> None:
-    """PublishStream answers each valid message until the first invalid one ends the call with its status."""
+    """PublishStream returns a stream id for each valid message until the first invalid one ends the call with its status."""
     count_case(stack)
     channel_id = str(uuid.uuid4())
     requests = [

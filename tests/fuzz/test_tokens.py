@@ -1,6 +1,6 @@
 """Fuzz the tokens: HS256 publisher tokens over HTTP and gRPC, RS256 subscriber tokens in the query.
 
-Each generated token comes with the answer the interface requires, worked out
+Each generated token comes with the status the interface requires, worked out
 from how it was built: success, 401 (UNAUTHENTICATED) or, for a subscriber
 token that is valid but names another organization or channel, 403.
 """
@@ -217,7 +217,12 @@ def subscriber_tokens(draw: st.DrawFn, private_key: object, public_pem: str, oth
     else:
         token, valid = draw(garbage_tokens), False
 
-    status = 200 if valid and not mismatch else 403 if valid else 401
+    if not valid:
+        status = 401
+    elif mismatch:
+        status = 403
+    else:
+        status = 200
     return TokenCase(token, valid, [signing]), status
 
 
