@@ -8,6 +8,7 @@ A missing one fails the test, so that a machine without them cannot pass quietly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -94,17 +95,24 @@ _BANNER = {
 }
 
 
-@pytest.fixture
-async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
-    """``conduit dev`` on the embedded broker and free ports, as a user starts it; stopped with SIGTERM."""
+@contextlib.asynccontextmanager
+async def run_dev(
+    state_dir: Path, log_path: Path, *, redis_url: str | None = None, ports: tuple[int, int, int] = (0, 0, 0)
+) -> AsyncIterator[DevServer]:
+    """Run ``conduit dev`` as a user starts it, on ``redis_url`` or the embedded broker; stop it with SIGTERM.
+
+    ``ports`` are the publish HTTP, publish gRPC and gateway ports.
+    """
     env = {name: value for name, value in os.environ.items() if not name.startswith(("REDIS_", "PUBLISH_", "GATEWAY_"))}
     env.pop("CONDUIT_HOST", None)
-    log_path = tmp_path / "conduit-dev.log"
-    with log_path.open("wb") as log:
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    publish_port, grpc_port, gateway_port = (str(port) for port in ports)
+    with log_path.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "conduit.cli", "dev", "--state-dir", str(tmp_path / "state"),
-            "--publish-port", "0", "--publish-grpc-port", "0", "--gateway-port", "0",
-            stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
+            sys.executable, "-m", "conduit.cli", "dev", "--state-dir", str(state_dir),
+            "--publish-port", publish_port, "--publish-grpc-port", grpc_port, "--gateway-port", gateway_port,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
         )
         try:
             yield DevServer(**await _read_banner(process, log_path))
@@ -115,6 +123,13 @@ async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+@pytest.fixture
+async def dev_server(tmp_path: Path) -> AsyncIterator[DevServer]:
+    """``conduit dev`` on the embedded broker and free ports."""
+    async with run_dev(tmp_path / "state", tmp_path / "conduit-dev.log") as server:
+        yield server
 
 
 async def _read_banner(process: asyncio.subprocess.Process, log_path: Path) -> dict[str, str]:

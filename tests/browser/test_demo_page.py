@@ -8,7 +8,8 @@ from pathlib import Path
 from playwright.async_api import Page, expect
 
 from conduit.sdk import HttpPublisher
-from tests.browser.conftest import TIMEOUT_S, DevServer
+from tests.browser.conftest import TIMEOUT_S, DevServer, run_dev
+from tests.redis_process import free_port
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "demo.png"
 
@@ -53,3 +54,35 @@ async def test_demo_page_button_publishes_demo_stream(page: Page, dev_server: De
     await page.click("#publish")
     await expect(page.locator("#output")).to_have_text("again")
     assert await page.evaluate("document.body.dataset.channelId") != first_channel
+
+
+async def test_demo_page_reconnects_after_dev_restart(page: Page, redis_url: str, tmp_path: Path) -> None:
+    ports = (free_port(), free_port(), free_port())
+    state_dir = tmp_path / "state"
+    log_path = tmp_path / "conduit-dev.log"
+
+    async with run_dev(state_dir, log_path, redis_url=redis_url, ports=ports) as first:
+        await page.goto(f"{first.gateway_url}/")
+        await expect(page.locator("#state")).to_have_text("live")
+        channel_id = await page.evaluate("document.body.dataset.channelId")
+        async with asyncio.timeout(TIMEOUT_S), HttpPublisher(
+            first.publish_url, first.publisher_token, org_id=1
+        ) as publisher:
+            await publisher.send(channel_id, "start", sequence=1)
+            await publisher.send(channel_id, "delta", {"value": "before"}, sequence=2)
+        await expect(page.locator("#output")).to_have_text("before")
+    # The stopped gateway sent server_draining, and EventSource retries until the next one listens.
+    await expect(page.locator("#state")).to_have_text("reconnecting")
+
+    async with run_dev(state_dir, log_path, redis_url=redis_url, ports=ports) as second:
+        await expect(page.locator("#reconnects")).to_have_text("1")
+        async with asyncio.timeout(TIMEOUT_S), HttpPublisher(
+            second.publish_url, second.publisher_token, org_id=1
+        ) as publisher:
+            await publisher.send(channel_id, "delta", {"value": " after"}, sequence=3)
+            await publisher.send(channel_id, "end", sequence=4)
+
+        await expect(page.locator("#state")).to_have_text("ended")
+        await expect(page.locator("#output")).to_have_text("before after")
+        await expect(page.locator("#events tr.control")).to_have_count(1)
+        await expect(page.locator("#events tr.stream")).to_have_count(4)
