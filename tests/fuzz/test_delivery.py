@@ -13,7 +13,7 @@ from conduit.v1alpha.publish_pb2 import Phase
 from tests.fuzz import cases
 from tests.fuzz.cases import ORG_ID, UINT64_MAX, count_case, fuzz_settings
 from tests.fuzz.conftest import Stack
-from tests.fuzz.test_publish_bodies import struct_of
+from tests.fuzz.test_publish_bodies import key, length_delimited, struct_of
 
 _MAX_SAFE_INTEGER = 2**53 - 1
 
@@ -74,3 +74,49 @@ def test_delivery_of_accepted_payload(stack: Stack, payload: dict[str, object], 
     stack.assert_no_problem_logged()
     for key in stack.redis.scan_iter(match="stream:*", count=1000):
         stack.redis.delete(key)
+
+
+@fuzz_settings(30)
+@given(
+    extra=st.one_of(
+        st.tuples(st.integers(min_value=8, max_value=2**29 - 1), st.binary(max_size=30)).map(
+            lambda field: length_delimited(field[0], field[1])
+        ),
+        st.tuples(st.integers(min_value=1, max_value=7), st.binary(min_size=8, max_size=8)).map(
+            lambda field: key(field[0], 1) + field[1]
+        ),
+    ),
+    depth=st.integers(min_value=0, max_value=120),
+)
+def test_delivery_of_odd_encodings(stack: Stack, extra: bytes, depth: int) -> None:
+    """Unknown fields, wrong wire types and deep payloads that publish accepts must reach subscribers."""
+    count_case(stack)
+    channel_id = str(uuid.uuid4())
+    message = cases.valid_request(channel_id)
+    message.ClearField("payload")
+    payload = struct_of({"leaf": 1.0}).SerializeToString()
+    for _ in range(depth):
+        entry = length_delimited(1, b"n") + length_delimited(2, length_delimited(5, payload))
+        payload = length_delimited(1, entry)
+    data = message.SerializeToString() + length_delimited(6, payload) + extra
+    end = cases.valid_request(channel_id, phase=Phase.PHASE_END)
+
+    response = cases.post_publish(stack, str(ORG_ID), channel_id, data)
+    if cases.expected_publish(data, path=(ORG_ID, channel_id)) != "accepted":
+        assert response.status_code == 400, response.text
+        return
+    assert response.status_code == 200, response.text
+    assert cases.post_publish(stack, str(ORG_ID), channel_id, end.SerializeToString()).status_code == 200
+
+    params = {"token": cases.subscriber_token(stack, channel_id), "channel_id": channel_id}
+    response = stack.http.get(f"{stack.gateway_url}/events/{ORG_ID}", params=params)
+
+    assert response.status_code == 200
+    frames = [frame for frame in response.text.split("\n\n") if frame.startswith("event: stream")]
+    events = [json.loads(frame.partition("\ndata: ")[2]) for frame in frames]
+    assert [event["phase"] for event in events] == ["PHASE_DELTA", "PHASE_END"]
+    assert events[0]["message_id"] == message.message_id
+    stack.assert_no_problem_logged()
+    for stream in stack.redis.scan_iter(match="stream:*", count=1000):
+        stack.redis.delete(stream)
+
