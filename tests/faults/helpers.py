@@ -162,7 +162,7 @@ def rss_bytes(pid: int | str = "self") -> int:
 
 
 def metric_value(metrics_text: str, name: str) -> float:
-    """Return the value of an unlabelled sample in Prometheus text; fail when it is missing."""
+    """Return the value of the sample ``name`` (with its labels, if any) in Prometheus text; fail when it is missing."""
     for line in metrics_text.splitlines():
         if line.startswith(f"{name} "):
             return float(line.split()[1])

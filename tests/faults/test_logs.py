@@ -1,7 +1,7 @@
 """What ``conduit dev`` writes to stderr under ``LOG_FORMAT=json`` while clients use and misuse tokens.
 
-Every line, uvicorn's access and error lines included, is one JSON object;
-no token appears anywhere, and every line about a stream names its org_id and
+Every line, uvicorn's access and error lines included, is one JSON object.
+No token appears anywhere, and every line about a stream names its org_id and
 channel_id.
 """
 
