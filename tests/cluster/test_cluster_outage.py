@@ -8,7 +8,7 @@ import uuid
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from broker.keys import stream_key
+from broker.keys import stream_key, tracking_key
 from conduit.errors import BrokerUnavailable
 from tests.broker.conftest import Backend, cluster_backend  # noqa: F401 (fixture)
 from tests.redis_process import RedisClusterProcess
@@ -20,11 +20,17 @@ MAX_KEY_SEARCH = 1000
 
 
 async def stream_on(raw: RedisCluster, port: int, *, on_it: bool) -> str:
-    """Return a new stream key whose slot the master on ``port`` serves (or, with ``on_it=False``, does not)."""
+    """Return a new stream key whose slots the master on ``port`` serves (or, with ``on_it=False``, does not).
+
+    A publish writes the stream and its tracking shard, so both slots count.
+    """
     await raw.initialize()
     for _ in range(MAX_KEY_SEARCH):
         stream = stream_key(9, str(uuid.uuid4()))
-        if (raw.get_node_from_key(stream).port == port) == on_it:
+        ports = {raw.get_node_from_key(stream).port, raw.get_node_from_key(tracking_key(stream)).port}
+        served_there = ports == {port}
+        served_elsewhere = port not in ports
+        if (on_it and served_there) or (not on_it and served_elsewhere):
             return stream
     raise AssertionError(f"no stream key found for port {port} among {MAX_KEY_SEARCH} keys")
 
