@@ -1,0 +1,385 @@
+"""Load generator: HTTP publishers and SSE subscribers on raw asyncio sockets, gRPC publishers on grpc.aio.
+
+Raw sockets keep the client's cost per request to a few microseconds, so the
+server, not the generator, is what a run measures. Subscribers and
+publishers can run in several forked processes; receive times come from
+``time.perf_counter``, which is CLOCK_MONOTONIC on Linux and so comparable
+across processes. Every loop stops at a count or a deadline.
+
+Each published message carries a marker ``#<n>#`` in its payload. A
+subscriber records when it first sees each marker, so latency is the receive
+time minus the time the publisher sent message ``n``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import multiprocessing.connection
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Target",
+    "grpc_stream_load",
+    "grpc_unary_load",
+    "http_publish_load",
+    "publish_one",
+    "run_in_processes",
+    "SubscriberGroup",
+]
+
+_MARKER = re.compile(rb"#(\d+)#")
+_CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to publish to and subscribe on one server under test."""
+
+    name: str
+    host: str
+    publish_port: int
+    subscribe_port: int
+    kind: str
+    """``conduit`` or ``nchan``."""
+    publish_token: str = ""
+    subscribe_tokens: dict[str, str] = field(default_factory=dict)
+    grpc_port: int = 0
+
+    def publish_request(self, channel: str, marker: int) -> bytes:
+        """Return a whole HTTP/1.1 keep-alive request that publishes ``marker`` to ``channel``."""
+        if self.kind == "nchan":
+            body = f"#{marker}#".encode()
+            path = f"/pub/{channel}"
+            auth = ""
+        else:
+            body = conduit_body(channel, marker)
+            path = f"/publish/1/{channel}"
+            auth = f"authorization: Bearer {self.publish_token}\r\n"
+        head = f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n{auth}content-length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+
+    def subscribe_request(self, channel: str) -> bytes:
+        if self.kind == "nchan":
+            path = f"/sub/{channel}"
+        else:
+            path = f"/events/1?channel_id={channel}&token={self.subscribe_tokens[channel]}"
+        return f"GET {path} HTTP/1.1\r\nhost: {self.host}\r\naccept: text/event-stream\r\n\r\n".encode()
+
+
+def conduit_body(channel: str, marker: int) -> bytes:
+    """Return an encoded PublishRequest with a fresh message_id, so deduplication never drops one."""
+    from conduit.v1alpha import publish_pb2
+
+    request = publish_pb2.PublishRequest(
+        org_id=1, channel_id=channel, message_id=str(uuid.uuid4()), phase=publish_pb2.PHASE_DELTA, sequence=1
+    )
+    request.payload["m"] = f"#{marker}#"
+    return request.SerializeToString()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (Content-Length or chunked body); return its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lower = head.lower()
+    match = re.search(rb"content-length:\s*(\d+)", lower)
+    if match:
+        await reader.readexactly(int(match.group(1)))
+    elif b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    return status
+
+
+async def publish_one(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, request: bytes) -> int:
+    writer.write(request)
+    return await _read_response(reader)
+
+
+async def _http_publisher(target: Target, channels: list[str], deadline: float, max_count: int) -> tuple[int, int]:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(target.host, target.publish_port), _CONNECT_TIMEOUT_S
+    )
+    ok = failed = 0
+    try:
+        index = 0
+        while time.perf_counter() < deadline and ok + failed < max_count:
+            channel = channels[index % len(channels)]
+            index += 1
+            status = await asyncio.wait_for(publish_one(writer, reader, target.publish_request(channel, index)), 10)
+            if status < 300:
+                ok += 1
+            else:
+                failed += 1
+    finally:
+        writer.close()
+    return ok, failed
+
+
+async def http_publish_load(target: Target, connections: int, duration_s: float, channels: list[str]) -> dict[str, int]:
+    deadline = time.perf_counter() + duration_s
+    results = await asyncio.gather(
+        *(_http_publisher(target, channels[i::connections] or channels, deadline, 10**8) for i in range(connections))
+    )
+    return {"ok": sum(r[0] for r in results), "failed": sum(r[1] for r in results)}
+
+
+async def grpc_unary_load(target: Target, concurrency: int, duration_s: float, channels: list[str]) -> dict[str, int]:
+    import grpc
+
+    metadata = (("authorization", f"Bearer {target.publish_token}"),)
+    deadline = time.perf_counter() + duration_s
+    counts = {"ok": 0, "failed": 0}
+    async with grpc.aio.insecure_channel(f"{target.host}:{target.grpc_port}") as channel:
+        # Raw bytes in and out, so the client pays no protobuf decode per reply.
+        call = channel.unary_unary(
+            "/conduit.v1alpha.PublishService/Publish", request_serializer=None, response_deserializer=None
+        )
+
+        async def worker(offset: int) -> None:
+            index = offset
+            while time.perf_counter() < deadline:
+                index += concurrency
+                try:
+                    await call(conduit_body(channels[index % len(channels)], index), metadata=metadata, timeout=10)
+                    counts["ok"] += 1
+                except grpc.aio.AioRpcError:
+                    counts["failed"] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return counts
+
+
+async def grpc_stream_load(target: Target, streams: int, duration_s: float, channels: list[str]) -> dict[str, int]:
+    """Open ``streams`` PublishStream calls, each writing to one channel as fast as replies allow with a window."""
+    import grpc
+
+    metadata = (("authorization", f"Bearer {target.publish_token}"),)
+    deadline = time.perf_counter() + duration_s
+    counts = {"ok": 0, "failed": 0}
+    window = 64
+    async with grpc.aio.insecure_channel(f"{target.host}:{target.grpc_port}") as channel:
+        method = channel.stream_stream(
+            "/conduit.v1alpha.PublishService/PublishStream", request_serializer=None, response_deserializer=None
+        )
+
+        async def one_stream(number: int) -> None:
+            name = channels[number % len(channels)]
+            credits = asyncio.Semaphore(window)
+
+            async def requests() -> Any:
+                index = 0
+                while time.perf_counter() < deadline:
+                    await credits.acquire()
+                    index += 1
+                    yield conduit_body(name, number * 10**7 + index)
+
+            call = method(requests(), metadata=metadata, timeout=duration_s + 30)
+            try:
+                async for _reply in call:
+                    counts["ok"] += 1
+                    credits.release()
+            except grpc.aio.AioRpcError:
+                counts["failed"] += 1
+
+        await asyncio.gather(*(one_stream(i) for i in range(streams)))
+    return counts
+
+
+def _process_main(function: Callable[..., Any], args: tuple[Any, ...], conn: multiprocessing.connection.Connection) -> None:
+    try:
+        conn.send(("ok", asyncio.run(function(*args))))
+    except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", repr(error)))
+    finally:
+        conn.close()
+
+
+def run_in_processes(function: Callable[..., Any], args_per_process: list[tuple[Any, ...]], timeout_s: float) -> list[Any]:
+    """Run ``asyncio.run(function(*args))`` in one forked process per args tuple; return their results."""
+    context = multiprocessing.get_context("fork")
+    started = []
+    for args in args_per_process:
+        parent_end, child_end = context.Pipe(duplex=False)
+        process = context.Process(target=_process_main, args=(function, args, child_end))
+        process.start()
+        child_end.close()
+        started.append((process, parent_end))
+    results = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        for process, conn in started:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"load process {process.pid} gave no result within {timeout_s:g} s")
+            status, value = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"load process {process.pid} failed: {value}")
+            results.append(value)
+    finally:
+        for process, _conn in started:
+            process.join(5)
+            if process.exitcode is None:
+                process.kill()
+                process.join(5)
+    return results
+
+
+# --- Subscribers -------------------------------------------------------------
+
+
+class _Subscriber:
+    """One SSE connection that records the first receive time of each marker."""
+
+    def __init__(self) -> None:
+        self.received: dict[int, float] = {}
+        self.connected = False
+        self.closed = False
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, target: Target, channel: str, ready: asyncio.Semaphore) -> None:
+        try:
+            async with ready:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(target.host, target.subscribe_port), _CONNECT_TIMEOUT_S
+                )
+                self.writer = writer
+                writer.write(target.subscribe_request(channel))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _CONNECT_TIMEOUT_S)
+                if int(head[9:12]) != 200:
+                    return
+                self.connected = True
+            buffer = b""
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return
+                now = time.perf_counter()
+                buffer += chunk
+                end = buffer.rfind(b"\n\n")
+                if end < 0:
+                    continue
+                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
+                for match in _MARKER.finditer(complete):
+                    self.received.setdefault(int(match.group(1)), now)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            return
+        finally:
+            self.closed = True
+            if self.writer is not None:
+                self.writer.close()
+
+
+async def _subscriber_process(
+    target: Target, channels: list[str], control: multiprocessing.connection.Connection
+) -> dict[str, Any]:
+    """Connect one subscriber per entry of ``channels``; report when connected; run until told to stop."""
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Semaphore(200)
+    subscribers = [_Subscriber() for _ in channels]
+    tasks = [asyncio.create_task(sub.run(target, ch, ready)) for sub, ch in zip(subscribers, channels, strict=True)]
+    try:
+        deadline = time.monotonic() + 60
+        # Connected, or given up on, within the deadline.
+        while time.monotonic() < deadline:
+            pending = sum(1 for sub in subscribers if not sub.connected and not sub.closed)
+            if pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        control.send(("ready", sum(sub.connected and not sub.closed for sub in subscribers)))
+        # The parent sends ("stop",) or ("until", expected_count, deadline_monotonic).
+        command = await loop.run_in_executor(None, _recv_with_timeout, control, 600.0)
+        if command[0] == "until":
+            _, expected, until = command
+            while time.perf_counter() < until:
+                if all(len(sub.received) >= expected or sub.closed for sub in subscribers):
+                    break
+                await asyncio.sleep(0.02)
+        return {
+            "received": [sub.received for sub in subscribers],
+            "still_connected": sum(sub.connected and not sub.closed for sub in subscribers),
+        }
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _recv_with_timeout(conn: multiprocessing.connection.Connection, timeout_s: float) -> Any:
+    if not conn.poll(timeout_s):
+        return ("stop",)
+    return conn.recv()
+
+
+def _subscriber_main(target: Target, channels: list[str], control: Any, results: Any) -> None:
+    try:
+        results.send(asyncio.run(_subscriber_process(target, channels, control)))
+    finally:
+        results.close()
+
+
+class SubscriberGroup:
+    """Subscribers spread over forked processes; ``connect``, then ``wait_for`` or ``stop``."""
+
+    def __init__(self, target: Target, channels: list[str], processes: int) -> None:
+        self._context = multiprocessing.get_context("fork")
+        self._procs: list[tuple[Any, Any, Any]] = []
+        for index in range(processes):
+            share = channels[index::processes]
+            if not share:
+                continue
+            control_parent, control_child = self._context.Pipe()
+            results_parent, results_child = self._context.Pipe(duplex=False)
+            process = self._context.Process(target=_subscriber_main, args=(target, share, control_child, results_child))
+            self._procs.append((process, control_parent, results_parent))
+
+    def connect(self, timeout_s: float = 90) -> int:
+        """Start the processes and return how many subscribers got a 200 and stay connected."""
+        for process, _, _ in self._procs:
+            process.start()
+        connected = 0
+        deadline = time.monotonic() + timeout_s
+        for _, control, _ in self._procs:
+            if not control.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("subscribers did not report within the connect timeout")
+            connected += control.recv()[1]
+        return connected
+
+    def finish(self, expected: int | None, until_perf: float, timeout_s: float = 120) -> list[dict[str, Any]]:
+        """Collect the results: wait for ``expected`` markers each (or ``until_perf``), or stop now when None."""
+        for _, control, _ in self._procs:
+            control.send(("stop",) if expected is None else ("until", expected, until_perf))
+        results = []
+        deadline = time.monotonic() + timeout_s
+        for _, _, conn in self._procs:
+            if conn.poll(max(0.0, deadline - time.monotonic())):
+                results.append(conn.recv())
+        self.close()
+        return results
+
+    def close(self) -> None:
+        for process, _, _ in self._procs:
+            if process.pid is None:
+                continue
+            process.join(10)
+            if process.exitcode is None:
+                process.kill()
+                process.join(5)
+
+
+@contextlib.asynccontextmanager
+async def http_connection(host: str, port: int) -> Any:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _CONNECT_TIMEOUT_S)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
