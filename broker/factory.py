@@ -22,6 +22,7 @@ from conduit.errors import ConfigError
 from conduit.settings import BrokerSettings
 
 __all__ = [
+    "CLUSTER_SLOT_COUNT",
     "COMMAND_TIMEOUT_S",
     "CONNECT_TIMEOUT_S",
     "DEFAULT_MAX_CONNECTIONS",
@@ -32,6 +33,8 @@ CONNECT_TIMEOUT_S = 1.0
 COMMAND_TIMEOUT_S = 3.0
 DEFAULT_MAX_CONNECTIONS = 256
 """Connections per Redis node; a blocked read holds one for its whole wait."""
+CLUSTER_SLOT_COUNT = 16384
+"""Hash slots of a Redis Cluster, and so the most blocked reads that per-slot ``read_many`` calls can hold."""
 
 _POOL_TIMEOUT_S = 1.0
 _HEALTH_CHECK_INTERVAL_S = 15
@@ -44,7 +47,8 @@ def create_broker(
 ) -> Broker:
     """Return a MemoryBroker when ``settings.redis_url`` is None, else a RedisBroker.
 
-    ``settings.redis_cluster`` selects a Redis Cluster client. No connection is
+    ``settings.redis_cluster`` selects a Redis Cluster client, whose pool per
+    node allows ``max_connections`` plus CLUSTER_SLOT_COUNT. No connection is
     made here: the first command connects, so an unreachable Redis surfaces as
     BrokerUnavailable from that command. Raises ConfigError naming REDIS_URL
     when redis-py rejects the URL, without echoing it (it may carry a password).
@@ -56,7 +60,12 @@ def create_broker(
 
     try:
         if settings.redis_cluster:
-            client = _cluster_client(settings.redis_url, max_connections)
+            # One XREAD cannot span hash slots, so the gateway's hub blocks once
+            # per slot in use. redis-py's cluster pool raises when full instead
+            # of waiting, so each node gets room for every slot's blocked read.
+            # NOTE: a gateway may then hold one connection per active slot, and
+            # each master's maxclients must allow for it (docs/redis.md).
+            client = _cluster_client(settings.redis_url, max_connections + CLUSTER_SLOT_COUNT)
         else:
             client = _single_client(settings.redis_url, max_connections)
     except (ValueError, RedisError, RedisClusterException):

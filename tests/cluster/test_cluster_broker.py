@@ -11,7 +11,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from broker.base import Broker
-from broker.factory import create_broker
+from broker.factory import DEFAULT_MAX_CONNECTIONS, create_broker
 from broker.keys import dedup_key, rate_limit_key, stream_key
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -22,6 +22,9 @@ from tests.redis_process import free_port
 WAIT_TIMEOUT_S = 10.0
 # Enough random streams that each of the three masters gets some.
 SPREAD_STREAM_COUNT = 30
+# About 356 reads per master on average, well over DEFAULT_MAX_CONNECTIONS.
+BLOCKED_READ_COUNT = 3 * DEFAULT_MAX_CONNECTIONS + 300
+BLOCKED_READ_MS = 1000
 
 
 def new_stream() -> str:
@@ -121,3 +124,21 @@ async def test_closed_port_raises_broker_unavailable(operation: str) -> None:
     assert "hunter2" not in message
     assert str(port) not in message
     assert raised.value.__cause__ is not None
+
+
+async def test_blocked_reads_beyond_default_pool_succeed(cluster_broker: Broker) -> None:
+    # More blocked reads than DEFAULT_MAX_CONNECTIONS per master, as a gateway
+    # hub with one reader per busy slot holds them.
+    streams = [new_stream() for _ in range(BLOCKED_READ_COUNT)]
+
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(cluster_broker.read(stream, "0-0", count=1, block_ms=BLOCKED_READ_MS) for stream in streams),
+            return_exceptions=True,
+        ),
+        WAIT_TIMEOUT_S,
+    )
+
+    failures = [result for result in results if isinstance(result, BaseException)]
+    assert failures == []
+    assert results == [[]] * BLOCKED_READ_COUNT
