@@ -112,6 +112,31 @@ async def test_start_stream_preflight_allows_any_origin(dev_stack: DevStack) -> 
     assert "POST" in allowed_methods or allowed_methods == "*"
 
 
+async def test_start_stream_ignores_application_fields(dev_stack: DevStack, channel_id: str) -> None:
+    # conduit-client merges its startStreamData into the body, so fields of the application come along.
+    body = {"org_id": 1, "channel_id": channel_id, "conversation_id": 42}
+    async with httpx.AsyncClient(base_url=dev_stack.gateway_url, timeout=_TIMEOUT_S) as client:
+        response = await client.post("/dev/start-stream", json=body)
+
+    assert response.status_code == 200
+    assert response.json()["conduit"]["channel_id"] == channel_id
+
+
+async def test_start_stream_preflight_allows_custom_headers(dev_stack: DevStack) -> None:
+    # conduit-client sends its startStreamHeaders, such as a CSRF token, with the POST.
+    headers = {
+        "origin": _ORIGIN,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,x-csrftoken",
+    }
+    async with httpx.AsyncClient(base_url=dev_stack.gateway_url, timeout=_TIMEOUT_S) as client:
+        response = await client.options("/dev/start-stream", headers=headers)
+
+    allowed_headers = response.headers["access-control-allow-headers"].lower()
+    assert response.status_code in (200, 204)
+    assert "x-csrftoken" in allowed_headers or allowed_headers == "*"
+
+
 async def test_start_stream_cross_origin_post_allowed(dev_stack: DevStack) -> None:
     async with httpx.AsyncClient(base_url=dev_stack.gateway_url, timeout=_TIMEOUT_S) as client:
         response = await client.post("/dev/start-stream", json={"org_id": 1}, headers={"origin": _ORIGIN})
