@@ -11,6 +11,7 @@ import logging
 import sys
 
 from broker.base import Broker
+from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
 from conduit.settings import CleanupSettings
 
@@ -43,16 +44,7 @@ async def _sweep(broker: Broker, idle_s: float) -> None:
         return
 
     for stream in deleted:
-        logger.info("deleted idle stream", extra=_stream_fields(stream))
-
-
-def _stream_fields(stream: str) -> dict[str, object]:
-    """Return the log fields of a stream key: org_id and channel_id, or the key when it has another form."""
-    prefix, _, rest = stream.partition(":")
-    org_id, separator, channel_id = rest.partition(":")
-    if prefix != "stream" or not separator or not org_id.isdigit():
-        return {"stream": stream}
-    return {"org_id": int(org_id), "channel_id": channel_id}
+        logger.info("deleted idle stream", extra=stream_log_fields(stream))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ __all__ = [
     "dedup_key",
     "rate_limit_key",
     "stream_key",
+    "stream_log_fields",
     "tracking_key",
 ]
 
@@ -27,6 +28,15 @@ TRACKING_SHARD_COUNT = 64
 def stream_key(org_id: int, channel_id: str) -> str:
     """Return the stream key of a channel; ``channel_id`` must already be a canonical UUID."""
     return f"stream:{org_id}:{channel_id}"
+
+
+def stream_log_fields(stream: str) -> dict[str, object]:
+    """Return the log fields that name a stream: org_id and channel_id, or ``stream`` itself for a key of another form."""
+    prefix, _, rest = stream.partition(":")
+    org_id, separator, channel_id = rest.partition(":")
+    if prefix != "stream" or not separator or not org_id.isdigit():
+        return {"stream": stream}
+    return {"org_id": int(org_id), "channel_id": channel_id}
 
 
 def tracking_key(stream: str) -> str:

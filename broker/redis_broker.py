@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
-from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, tracking_key
+from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
 
@@ -263,7 +263,7 @@ class RedisBroker(Broker):
         except BrokerUnavailable as error:
             logger.warning(
                 "could not untrack ended stream; cleanup will untrack it after it expires",
-                extra={"stream": stream, "entry_id": entry_id, "error": str(error)},
+                extra={**stream_log_fields(stream), "entry_id": entry_id, "error": str(error)},
             )
 
     async def _sweep_shard(self, shard: str, cutoff_s: float) -> list[str]:
@@ -332,5 +332,5 @@ class RedisBroker(Broker):
             self._reported_foreign_entries.popitem(last=False)
         logger.warning(
             "skipped stream entry without a data field",
-            extra={"stream": stream, "entry_id": entry_id},
+            extra={**stream_log_fields(stream), "entry_id": entry_id},
         )

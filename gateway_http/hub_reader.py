@@ -23,6 +23,7 @@ from typing import Protocol
 
 from broker.base import Broker, Entry
 from broker.ids import parse_entry_id
+from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
 from gateway_http.encoding import encode_entries
 from gateway_http.events import SseEvent
@@ -164,7 +165,7 @@ class ChannelReader:
             if not fresh:
                 continue
             channel.position = fresh[-1].id
-            events = encode_entries(fresh, {"stream": stream})
+            events = encode_entries(fresh, stream_log_fields(stream))
             if not events:
                 continue
             # A subscriber that overflows leaves the set while this loop runs.

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from broker.base import Broker, Entry
 from broker.ids import parse_entry_id
+from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
 from gateway_http.encoding import encode_entries
 from gateway_http.events import ENTRIES_MISSED, SseEvent, control_event, is_start_entry
@@ -86,7 +87,7 @@ class HubSubscription(Subscription):
         self._queued = asyncio.Event()
         self._failure: Exception | None = None
         self._closed = False
-        self._budget = RetryBudget(policy.retry_budget_s, log_fields={"stream": stream})
+        self._budget = RetryBudget(policy.retry_budget_s, log_fields=stream_log_fields(stream))
 
     def deliver(self, events: list[SseEvent]) -> None:
         if self._failure is not None or self._closed:
@@ -183,7 +184,7 @@ class HubSubscription(Subscription):
             self._replaying = False
             self._cursor_key = max(self._cursor_key, self._live_from)
 
-        events = encode_entries(kept, {"stream": self.stream})
+        events = encode_entries(kept, stream_log_fields(self.stream))
         return [control_event(ENTRIES_MISSED), *events] if missed else events
 
     async def _entries_were_trimmed(self, first: Entry) -> bool:

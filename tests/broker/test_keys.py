@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import xxhash
 from redis.crc import key_slot
 
-from broker.keys import all_tracking_keys, rate_limit_key, stream_key, tracking_key
+from broker.keys import all_tracking_keys, rate_limit_key, stream_key, stream_log_fields, tracking_key
 
 EXAMPLE_STREAM = "stream:123:97f58c19-ce38-4c6b-8a5b-47f3405691f0"
 
@@ -40,3 +41,14 @@ def test_rate_limit_key_shares_stream_slot() -> None:
 
     assert counter == "conduit:rate:{stream:123:97f58c19-ce38-4c6b-8a5b-47f3405691f0}"
     assert key_slot(counter.encode()) == key_slot(EXAMPLE_STREAM.encode())
+
+
+def test_stream_log_fields_channel_stream() -> None:
+    fields = stream_log_fields("stream:123:97f58c19-ce38-4c6b-8a5b-47f3405691f0")
+
+    assert fields == {"org_id": 123, "channel_id": "97f58c19-ce38-4c6b-8a5b-47f3405691f0"}
+
+
+@pytest.mark.parametrize("key", ["stream_timestamps:{7}", "stream:abc:97f58c19", "other"])
+def test_stream_log_fields_other_key_kept_whole(key: str) -> None:
+    assert stream_log_fields(key) == {"stream": key}
