@@ -34,7 +34,7 @@ COMMAND_TIMEOUT_S = 3.0
 DEFAULT_MAX_CONNECTIONS = 256
 """Connections per Redis node; a blocked read holds one for its whole wait."""
 CLUSTER_SLOT_COUNT = 16384
-"""Hash slots of a Redis Cluster, and so the most blocked reads that per-slot ``read_many`` calls can hold."""
+"""Hash slots of a Redis Cluster: the most blocked reads that per-slot ``read_many`` calls hold."""
 
 _POOL_TIMEOUT_S = 1.0
 _HEALTH_CHECK_INTERVAL_S = 15

@@ -56,5 +56,5 @@ def rate_limit_key(stream: str) -> str:
 
 
 def dedup_key(stream: str, message_id: str) -> str:
-    """Return the key that remembers ``message_id``'s entry id on ``stream``, in the stream's cluster slot."""
+    """Return the key that stores ``message_id``'s entry id on ``stream``, in the stream's slot."""
     return f"conduit:msg:{{{stream}}}:{message_id}"

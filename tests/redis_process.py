@@ -162,7 +162,10 @@ class RedisClusterProcess:
             try:
                 while client.execute_command("CLUSTER INFO")["cluster_state"] != "ok":
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"Redis Cluster node on port {node.port} is not cluster_state:ok")
+                        raise RuntimeError(
+                            f"Redis Cluster node on port {node.port} did not reach cluster_state:ok "
+                            f"within {_CLUSTER_CREATE_TIMEOUT_S} s"
+                        )
                     time.sleep(0.05)
             finally:
                 client.close()
