@@ -42,6 +42,7 @@ _BODY_PAUSE_S = 0.3
 _QUICK_PUBLISHERS = 4
 _REQUEST_TIMEOUT_S = 10.0
 _WAIT_TIMEOUT_S = 20.0
+_JWT_PREFIX = "eyJ"
 
 StartChild = Callable[[str, list[str]], Awaitable[ChildProcess]]
 
@@ -144,6 +145,9 @@ async def test_drain_gateway_sigterm_clients_resume_elsewhere(
     assert f"gateway draining open_streams={_SUBSCRIBERS}" in log_a
     assert "gateway stopped" in log_a
     assert late == "refused", "gateway A accepted a subscriber after it exited"
+    for child in (gateway_a, gateway_b, publish):
+        # Every JWT starts with the base64 of '{"', so no token of any kind reached a log.
+        assert _JWT_PREFIX not in child.log
     assert [entry_id for entry_id, _ in stored] == acknowledged
     for subscriber in subscribers:
         first, second = subscriber.connections
@@ -259,6 +263,7 @@ async def test_drain_publish_sigterm_finishes_in_flight(
 
     assert status == 0, publish.log
     assert "stop signal received" in publish.log
+    assert _JWT_PREFIX not in publish.log
     assert grpc_code == grpc.StatusCode.OK
     assert [stored.get(entry_id) is not None for entry_id in grpc_ids] == [True] * 4
     assert slow_response.status_code == 200, slow_response.text
