@@ -11,7 +11,9 @@ A dropped connection, a response that closes before END (as on a gateway drain)
 or a 5xx status is retried with ``Last-Event-ID`` set to the last event seen,
 after the gateway's ``retry`` interval. At most ``max_reconnects`` retries may
 follow each other without a new event in between. A 4xx status or an ``error``
-event raises SubscribeFailed at once.
+event raises SubscribeFailed at once. The gateway checks the token only when a
+connection opens, so a long-lived subscriber passes ``refresh_token``, which
+returns a fresh token before each reconnect.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -86,6 +88,7 @@ class Subscriber:
         max_reconnects: int = 5,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
+        refresh_token: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         if max_reconnects < 0:
             raise ValueError(f"max_reconnects must be >= 0, got {max_reconnects}")
@@ -94,9 +97,10 @@ class Subscriber:
         self.last_event_id = last_event_id
         self.reconnects = 0
         self._token = token
+        self._refresh_token = refresh_token
         self._max_reconnects = max_reconnects
-        timeout = httpx.Timeout(connect_timeout_s, read=read_timeout_s)
-        self._client = httpx.AsyncClient(timeout=timeout)
+        self._connect_timeout_s = connect_timeout_s
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(connect_timeout_s, read=read_timeout_s))
         self._seen: deque[str] = deque(maxlen=_MAX_SEEN_MESSAGE_IDS)
 
     def __repr__(self) -> str:
@@ -167,6 +171,8 @@ class Subscriber:
             if parser.retry_ms is not None:
                 retry_s = parser.retry_ms / 1000
             await asyncio.sleep(min(retry_s * failures, _MAX_RETRY_S))
+            if self._refresh_token is not None:
+                params["token"] = await asyncio.wait_for(self._refresh_token(), self._connect_timeout_s)
 
 
 def _is_end(event: SseEvent) -> bool:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from broker import create_broker
 from broker.keys import stream_key
 from conduit.sdk import (
     GrpcPublisher,
@@ -18,7 +19,9 @@ from conduit.sdk import (
     StreamEvent,
     Subscriber,
 )
+from conduit.settings import BrokerSettings
 from conduit.v1alpha import publish_pb2
+from publish_grpc.server import PublishServer
 from tests.redis_process import free_port
 from tests.sdk.conftest import ORG_ID, Service
 
@@ -161,3 +164,43 @@ def test_publisher_repr_hides_token() -> None:
     publisher = HttpPublisher("http://127.0.0.1:1", "secret-token-value", org_id=3)
     assert "secret-token-value" not in repr(publisher)
     assert repr(publisher) == "HttpPublisher(org_id=3)"
+
+
+@pytest.fixture
+async def rate_limited_publish_url(service: Service, redis_url: str) -> AsyncIterator[str]:
+    """A second publish service on the same Redis that accepts one publish per channel per second."""
+    broker = create_broker(BrokerSettings(redis_url=redis_url, rate_limit=1, rate_window_s=1))
+    publish = PublishServer(service.settings, broker)
+    await publish.start()
+    yield f"http://127.0.0.1:{publish.http_port}"
+    await publish.stop(grace_s=5)
+    await broker.close()
+
+
+async def test_http_publish_rate_limited_raises_429(
+    service: Service, rate_limited_publish_url: str, channel_id: str
+) -> None:
+    async with asyncio.timeout(_TIMEOUT_S), HttpPublisher(
+        rate_limited_publish_url, service.publisher_token(), org_id=ORG_ID, max_rate_limit_retries=0
+    ) as publisher:
+        await publisher.send(channel_id, "start", sequence=1)
+        with pytest.raises(PublishRejected) as caught:
+            await publisher.send(channel_id, "delta", {"value": "too soon"}, sequence=2)
+
+    assert caught.value.status == "HTTP 429"
+    assert "rate" in caught.value.message.lower()
+    assert caught.value.retry_after_s is not None
+
+
+async def test_http_publish_rate_limited_retries_after(
+    service: Service, rate_limited_publish_url: str, channel_id: str
+) -> None:
+    async with asyncio.timeout(_TIMEOUT_S), HttpPublisher(
+        rate_limited_publish_url, service.publisher_token(), org_id=ORG_ID
+    ) as publisher:
+        async with publisher.stream(channel_id) as stream:
+            await stream.delta({"value": "waits for its slot"})
+
+    assert await _stored_phases(service, channel_id) == [
+        publish_pb2.PHASE_START, publish_pb2.PHASE_DELTA, publish_pb2.PHASE_END
+    ]

@@ -23,9 +23,14 @@ def _subscriber(service: Service, channel_id: str, **options: object) -> Subscri
 async def test_subscriber_resumes_after_gateway_drain_and_restart(service: Service, channel_id: str) -> None:
     events: list[StreamEvent | ControlEvent] = []
     first_delta = asyncio.Event()
+    refreshed: list[str] = []
+
+    async def refresh_token() -> str:
+        refreshed.append(channel_id)
+        return service.subscriber_token(channel_id)
 
     async def follow() -> None:
-        async with _subscriber(service, channel_id) as subscriber:
+        async with _subscriber(service, channel_id, refresh_token=refresh_token) as subscriber:
             async for event in subscriber:
                 events.append(event)
                 if isinstance(event, StreamEvent) and event.phase == "PHASE_DELTA":
@@ -48,6 +53,7 @@ async def test_subscriber_resumes_after_gateway_drain_and_restart(service: Servi
     assert [event.payload.get("value") for event in stream_events] == [None, "before", "after", None]
     assert [event.id for event in stream_events] == stream.stream_ids
     assert [control.control_type for control in controls] == ["server_draining"]
+    assert refreshed == [channel_id]
 
 
 async def test_subscriber_starts_after_last_event_id(service: Service, channel_id: str) -> None:
