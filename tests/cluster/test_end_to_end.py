@@ -1,12 +1,14 @@
 """The whole service on a Redis Cluster, and retried publishes on every broker.
 
-The hello-world and resume tests of tests/test_end_to_end.py run here again,
-imported unchanged, with the ``broker`` fixture below putting the publish
-service and the gateway on the session's Redis Cluster.
+The hello-world, resume and ``conduit dev`` tests of tests/test_end_to_end.py
+run here again, imported unchanged. The ``broker`` fixture below puts the
+publish service and the gateway on the session's Redis Cluster, and
+``dev_environment`` starts ``conduit dev`` with REDIS_CLUSTER=1.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,6 +27,7 @@ from tests.test_end_to_end import (  # noqa: F401 (fixtures and tests collected 
     Service,
     rsa_keys,
     service,
+    test_conduit_dev_serves_hello_world,
     test_hello_world_reaches_every_subscriber,
     test_resume_after_last_event_id,
 )
@@ -43,6 +46,16 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     instance = create_broker(settings)
     yield instance
     await instance.close()
+
+
+@pytest.fixture
+def dev_environment(redis_cluster_url: str) -> dict[str, str]:
+    """The environment of a ``conduit dev`` child that runs on the session's Redis Cluster."""
+    prefixes = ("REDIS_", "PUBLISH_", "GATEWAY_", "CONDUIT_HOST")
+    env = {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
+    env["REDIS_URL"] = redis_cluster_url
+    env["REDIS_CLUSTER"] = "1"
+    return env
 
 
 async def publish_over_grpc_unary(service: Service, request: publish_pb2.PublishRequest) -> str:
