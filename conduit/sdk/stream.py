@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 from typing import Any, Self
 
@@ -74,9 +73,9 @@ class MessageStream:
                 else:
                     await self.error({"error": type(exc).__name__})
             await self._sender.close()
-        except BaseException:
+        except BaseException as cleanup_error:
             self._sender.abort()
-            if exc is None or isinstance(exc, asyncio.CancelledError):
+            if exc is None or not isinstance(cleanup_error, Exception):
                 raise
             # The block's own exception explains more than the failed ERROR message, so it propagates.
 

@@ -19,6 +19,7 @@ returns a fresh token before each reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -120,15 +121,17 @@ class Subscriber:
 
     async def events(self) -> AsyncIterator[Event]:
         """Yield typed events until END; messages whose id was already delivered are dropped."""
-        async for raw in self.raw_events():
-            event = _typed(raw)
-            if event is None:
-                continue
-            if isinstance(event, StreamEvent):
-                if event.message_id in self._seen:
+        # aclosing ends the HTTP response as soon as the caller stops iterating.
+        async with contextlib.aclosing(self.raw_events()) as raw_events:
+            async for raw in raw_events:
+                event = _typed(raw)
+                if event is None:
                     continue
-                self._seen.append(event.message_id)
-            yield event
+                if isinstance(event, StreamEvent):
+                    if event.message_id in self._seen:
+                        continue
+                    self._seen.append(event.message_id)
+                yield event
 
     async def raw_events(self) -> AsyncIterator[SseEvent]:
         """Yield every event as sent, until END, reconnecting as described in the module docstring."""

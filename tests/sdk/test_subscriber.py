@@ -116,3 +116,21 @@ async def test_subscriber_cancelled_in_the_middle_closes_its_stream(service: Ser
             await asyncio.sleep(0.05)
 
     assert service.gateway.open_stream_count == 0
+
+
+async def test_subscriber_break_closes_its_stream(service: Service, channel_id: str) -> None:
+    async with asyncio.timeout(_TIMEOUT_S), GrpcPublisher(
+        service.grpc_target, service.publisher_token(), org_id=ORG_ID
+    ) as publisher:
+        await publisher.send(channel_id, "start", sequence=1)
+        subscriber = _subscriber(service, channel_id)
+        events = subscriber.events()
+        first = await anext(events)
+        await events.aclose()
+        while service.gateway.open_stream_count:
+            await asyncio.sleep(0.05)
+        await subscriber.close()
+
+    assert isinstance(first, StreamEvent)
+    assert first.phase == "PHASE_START"
+    assert service.gateway.open_stream_count == 0
