@@ -30,3 +30,19 @@ async def test_tracked_streams_returns_copy() -> None:
 
     assert list(broker.tracked_streams()) == ["stream:1:copy"]
     await broker.close()
+
+
+async def test_remembered_ids_dropped_after_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = MemoryBroker(BrokerSettings(rate_limit=100, dedup_window_s=60))
+    clock_s = [1000.0]
+    monkeypatch.setattr("broker.memory.time.monotonic", lambda: clock_s[0])
+    for index in range(50):
+        await broker.append("stream:1:dedup", b"x", end=False, message_id=f"message-{index}")
+    remembered_before = len(broker._remembered)
+
+    clock_s[0] += 61
+    await broker.delete_idle(3600)
+
+    assert remembered_before == 50
+    assert len(broker._remembered) == 0
+    await broker.close()
