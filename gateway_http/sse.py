@@ -112,7 +112,7 @@ class SseStream:
         try:
             lease = self._limiter.acquire(client[0] if client else None, self._token_key)
         except ConnectionLimitExceeded as error:
-            await _send_rejection(send, error, str(scope.get("path")), self._send_timeout_s)
+            await _send_rejection(send, error, str(scope.get("path")), self._log_fields, self._send_timeout_s)
             return
         try:
             await self._serve(receive, send)
@@ -207,9 +207,11 @@ async def _cancel_and_wait(tasks: tuple[asyncio.Task[object], ...]) -> None:
         logger.error("SSE tasks ignored cancellation", extra={"tasks": sorted(task.get_name() for task in pending)})
 
 
-async def _send_rejection(send: Send, error: ConnectionLimitExceeded, path: str, timeout_s: float) -> None:
+async def _send_rejection(
+    send: Send, error: ConnectionLimitExceeded, path: str, log_fields: dict[str, object], timeout_s: float
+) -> None:
     """Send a 429 shaped like the app's other error responses, in place of the stream."""
-    logger.info("request rejected", extra={"path": path, "status_code": 429, "error": error.message})
+    logger.info("request rejected", extra={"path": path, **log_fields, "status_code": 429, "error": error.message})
     body = json.dumps({"status_code": 429, "detail": error.message}).encode()
     headers = [(b"content-type", b"application/json"), (b"retry-after", error.retry_after_header.encode())]
     with contextlib.suppress(TimeoutError):

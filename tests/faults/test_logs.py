@@ -82,6 +82,8 @@ async def _exercise(keys: Any, ports: dict[str, int], tokens: list[str]) -> None
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
         params = {"channel_id": channel_id}
+        # The follower holds the one connection that GATEWAY_MAX_CONNECTIONS_PER_TOKEN allows.
+        assert (await client.get(events_url, params={**params, "token": subscriber})).status_code == 429
         assert (await client.get(events_url, params={**params, "token": foreign})).status_code == 403
         assert (await client.get(events_url, params={**params, "token": garbage})).status_code == 401
         bad_channel = await client.get(events_url, params={"channel_id": "not-a-uuid", "token": subscriber})
@@ -104,7 +106,7 @@ async def _exercise(keys: Any, ports: dict[str, int], tokens: list[str]) -> None
 async def test_logs_json_dev_run_has_no_token(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     keys = load_or_create_dev_keys(state_dir)
-    env = child_environment(None, "", LOG_FORMAT="json")
+    env = child_environment(None, "", LOG_FORMAT="json", GATEWAY_MAX_CONNECTIONS_PER_TOKEN="1")
     child = await ChildProcess.start(
         ["dev", "--state-dir", str(state_dir), "--publish-port", "0", "--publish-grpc-port", "0",
          "--gateway-port", "0"],
