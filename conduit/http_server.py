@@ -49,10 +49,37 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _protocol_without_access_log() -> type[asyncio.Protocol]:
+    """Return uvicorn's HTTP protocol class with its access log line turned off."""
+    try:
+        import httptools  # noqa: F401
+
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
+
+    class WithoutAccessLog(Base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.access_log = False
+
+    return WithoutAccessLog
+
+
 class HttpServer:
     """One uvicorn server bound to ``host:port``, started and stopped by its owner."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int, *, name: str, shutdown_timeout_s: float = 10) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        name: str,
+        shutdown_timeout_s: float = 10,
+        access_log: bool = True,
+    ) -> None:
+        """Configure the server; ``access_log=False`` drops uvicorn's line per request."""
         self.name = name
         self._host = host
         self._requested_port = port
@@ -66,6 +93,10 @@ class HttpServer:
             # uvloop and httptools are used when installed, the standard ones otherwise.
             loop="none",
         )
+        if not access_log:
+            # uvicorn's access_log=False silences the access logger of every
+            # server in the process, so only this server's protocol drops it.
+            self._config.http = _protocol_without_access_log()
         self._server = _Server(self._config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None

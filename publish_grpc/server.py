@@ -57,6 +57,10 @@ class PublishServer:
             settings.host,
             settings.publish_port,
             name="publish",
+            # An access line per publish costs about 15 % of the shim's CPU
+            # (docs/benchmarks.md). Metrics count every publish, and
+            # PublishAttempt logs the rejections.
+            access_log=False,
         )
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
