@@ -282,7 +282,7 @@ class _Subscriber:
 async def _subscriber_process(
     target: Target, channels: list[str], control: multiprocessing.connection.Connection
 ) -> dict[str, Any]:
-    """Connect one subscriber per entry of ``channels``; report when connected; run until told to stop."""
+    """Connect one subscriber per entry of ``channels``, report the connected count, then run until the parent's command ends it."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Semaphore(200)
     subscribers = [_Subscriber() for _ in channels]

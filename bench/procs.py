@@ -236,7 +236,7 @@ class NchanServer:
                 stop_process(process, signal.SIGQUIT)
 
     def server_pids(self) -> list[int]:
-        """The nginx worker, which does all the work; the master only supervises."""
+        """Return the nginx worker's PID, since the worker does all the work and the master only supervises."""
         return child_pids(self.process.pid) or [self.process.pid]
 
 
@@ -278,5 +278,5 @@ class ConduitServers:
                 stop_process(process)
 
     def pids(self, process: subprocess.Popen[bytes]) -> list[int]:
-        """The serving processes: the workers when there are any, else the process itself."""
+        """Return the serving processes: the workers when there are any, else the process itself."""
         return child_pids(process.pid) or [process.pid]

@@ -6,10 +6,10 @@ Run from the repository root::
     .venv/bin/python -m bench.profile grpc_stream    # PublishStream publishes
     .venv/bin/python -m bench.profile fanout         # gateway, 1,000 subscribers of one channel
 
-It starts a private redis-server and both Conduit roles on loopback ports as
-``bench.run`` does, runs the load for ``--seconds``, records the serving
-process with ``py-spy record --nonblocking``, and prints the rate, the CPU per
-operation and the frames with the most samples.
+It starts a private redis-server and both Conduit roles on loopback ports, as
+``bench.run`` does. It runs the load for ``--seconds`` and records the serving
+process with ``py-spy record --nonblocking``. Then it prints the rate, the CPU
+per operation and the frames with the most samples.
 """
 
 from __future__ import annotations
