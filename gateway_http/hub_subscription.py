@@ -42,6 +42,23 @@ _CALL_TIMEOUT_S = 5.0
 _START_ID = "0-0"
 
 
+def _cancel_requests() -> int:
+    """Return the pending cancellation requests of the current task."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _raise_if_cancel_lost(cancel_requests: int) -> None:
+    """Raise CancelledError when the task was cancelled since it had ``cancel_requests`` pending.
+
+    redis-py can end a cancelled command with an error or a result instead of
+    CancelledError, so without this check a cancelled SSE response could keep
+    waiting for events.
+    """
+    if _cancel_requests() > cancel_requests:
+        raise asyncio.CancelledError
+
+
 class ChannelRegistry(Protocol):
     """The hub's side of a subscription: joining and leaving live channels."""
 
@@ -113,10 +130,12 @@ class HubSubscription(Subscription):
             # The live channel is gone, so replaying further would leave a gap.
             raise self._failure
         deadline = time.monotonic() + timeout_s
+        cancel_requests = _cancel_requests()
 
         # Each pass makes one broker call, waits out a back-off or waits for
         # live events, and the deadline or the retry budget ends the loop.
         while True:
+            _raise_if_cancel_lost(cancel_requests)
             if self._live_from is not None and not self._replaying:
                 return await self._next_live(deadline)
 
@@ -130,10 +149,12 @@ class HubSubscription(Subscription):
                 async with asyncio.timeout(_CALL_TIMEOUT_S):
                     events = await self._catch_up_step()
             except (BrokerUnavailable, TimeoutError) as error:
+                _raise_if_cancel_lost(cancel_requests)
                 self._record_failure(error)
                 if time.monotonic() >= deadline:
                     return []
                 continue
+            _raise_if_cancel_lost(cancel_requests)
             self._budget.succeeded()
             if events or time.monotonic() >= deadline:
                 return events
@@ -175,16 +196,16 @@ class HubSubscription(Subscription):
         missed = not self._trim_checked and bool(entries) and await self._entries_were_trimmed(entries[0])
         self._trim_checked = True
 
-        kept = [entry for entry in entries if parse_entry_id(entry.id) <= self._live_from]
-        if kept:
-            self._cursor = kept[-1].id
+        before_live = [entry for entry in entries if parse_entry_id(entry.id) <= self._live_from]
+        if before_live:
+            self._cursor = before_live[-1].id
             self._cursor_key = parse_entry_id(self._cursor)
-        if len(entries) < self._policy.replay_page or len(kept) < len(entries) or self._cursor_key >= self._live_from:
+        if len(entries) < self._policy.replay_page or len(before_live) < len(entries) or self._cursor_key >= self._live_from:
             # Everything after live_from arrives through the live queue.
             self._replaying = False
             self._cursor_key = max(self._cursor_key, self._live_from)
 
-        events = encode_entries(kept, stream_log_fields(self.stream))
+        events = encode_entries(before_live, stream_log_fields(self.stream))
         return [control_event(ENTRIES_MISSED), *events] if missed else events
 
     async def _entries_were_trimmed(self, first: Entry) -> bool:

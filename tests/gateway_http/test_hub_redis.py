@@ -149,3 +149,42 @@ async def test_hub_redis_joining_during_outage_waits_then_replays(
     assert [event.entry_id for event in events] == [entry_id]
     await subscription.close()
     await hub.close()
+
+
+async def test_hub_redis_cancelled_consumers_end_and_leave(
+    broker: Broker, raw_redis: redis.asyncio.Redis, channel_id: str
+) -> None:
+    hub = HubFeed(broker, max_stream_len=MAX_STREAM_LEN)
+    history_channel = str(uuid.uuid4())
+    for sequence in range(600):
+        await publish(broker, history_channel, sequence=sequence)
+    cycles = iter(range(400))
+
+    async def cycle(number: int) -> None:
+        # Every third consumer is cancelled during its history replay, the others while live.
+        channel = history_channel if number % 3 == 0 else channel_id
+        subscription = await hub.subscribe(stream_key(ORG_ID, channel), "0-0")
+
+        async def consume() -> None:
+            while True:
+                await subscription.next_batch(1)
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep((number % 7) * 0.002)
+        consumer.cancel()
+        # A cancellation that redis-py swallowed would leave the consumer waiting here.
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(consumer, 5)
+        await subscription.close()
+
+    async def worker() -> None:
+        for number in cycles:
+            await cycle(number)
+
+    await asyncio.gather(*(worker() for _ in range(10)))
+
+    assert hub.active_streams == frozenset()
+    await wait_until(lambda: hub.reader_count == 0)
+    # The pool keeps what the ten concurrent consumers borrowed at most.
+    assert await broker_connections(raw_redis) <= 10 + 2
+    await hub.close()
