@@ -2,14 +2,17 @@
 
 Three tasks run side by side and the first to finish decides the outcome:
 
-- the pump reads the feed and sends frames until the END entry or a broker failure;
+- the pump reads the feed and sends frames until the END entry, a broker
+  failure, or the feed dropping a subscriber that fell behind;
 - the disconnect watch returns when the client goes away;
 - the drain watch returns when the server starts shutting down.
 
 The other two are then cancelled and awaited, so the subscription is closed (in
 the pump's ``finally``) before the response returns. A drain sends ``event:
-control`` before closing. Every send has a deadline: a client that stops reading
-is dropped instead of buffered without bound.
+control`` before closing. Every send has a deadline, and the feed queues a
+bounded number of events per subscriber, so a client that stops reading is
+dropped instead of buffered without bound. Connection limits are checked
+before the response starts, and a rejected request gets a 429 instead.
 """
 
 from __future__ import annotations
