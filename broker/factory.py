@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from broker.base import Broker
+from broker.instrumented import InstrumentedBroker
 from broker.memory import MemoryBroker
 from broker.redis_broker import RedisBroker
 from conduit.errors import ConfigError
@@ -47,6 +48,8 @@ def create_broker(
 ) -> Broker:
     """Return a MemoryBroker when ``settings.redis_url`` is None, else a RedisBroker.
 
+    Either comes wrapped in an InstrumentedBroker, which records broker metrics.
+
     ``settings.redis_cluster`` selects a Redis Cluster client, whose pool per
     node allows ``max_connections`` plus CLUSTER_SLOT_COUNT. No connection is
     made here: the first command connects, so an unreachable Redis surfaces as
@@ -54,7 +57,7 @@ def create_broker(
     when redis-py rejects the URL, without echoing it (it may carry a password).
     """
     if settings.redis_url is None:
-        return MemoryBroker(settings)
+        return InstrumentedBroker(MemoryBroker(settings))
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
 
@@ -75,7 +78,7 @@ def create_broker(
         ) from None
 
     max_block_ms = int((COMMAND_TIMEOUT_S - 1) * 1000)
-    return RedisBroker(client, settings, max_block_ms=max_block_ms)
+    return InstrumentedBroker(RedisBroker(client, settings, max_block_ms=max_block_ms))
 
 
 def _retry() -> Retry:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.factory import create_broker
+from broker.instrumented import InstrumentedBroker
 from broker.memory import MemoryBroker
 from broker.redis_broker import RedisBroker
 from conduit.errors import ConfigError
@@ -14,14 +15,16 @@ from conduit.settings import BrokerSettings
 async def test_create_broker_without_url_is_memory() -> None:
     broker = create_broker(BrokerSettings())
 
-    assert isinstance(broker, MemoryBroker)
+    assert isinstance(broker, InstrumentedBroker)
+    assert isinstance(broker.inner, MemoryBroker)
     await broker.close()
 
 
 async def test_create_broker_with_url_is_redis(redis_url: str) -> None:
     broker = create_broker(BrokerSettings(redis_url=redis_url))
 
-    assert isinstance(broker, RedisBroker)
+    assert isinstance(broker, InstrumentedBroker)
+    assert isinstance(broker.inner, RedisBroker)
     await broker.ping()
     await broker.close()
 
@@ -29,7 +32,8 @@ async def test_create_broker_with_url_is_redis(redis_url: str) -> None:
 async def test_create_broker_cluster_builds_without_connecting() -> None:
     broker = create_broker(BrokerSettings(redis_url="redis://127.0.0.1:1/0", redis_cluster=True))
 
-    assert isinstance(broker, RedisBroker)
+    assert isinstance(broker, InstrumentedBroker)
+    assert isinstance(broker.inner, RedisBroker)
     await broker.close()
 
 
