@@ -44,6 +44,9 @@ _VARIABLES: dict[str, tuple[str, str, str]] = {
     "PUBLISH_RATE_LIMIT": ("--publish-rate-limit", "COUNT", "publishes allowed per channel per window (default 20)"),
     "PUBLISH_RATE_WINDOW_SEC": ("--publish-rate-window-sec", "SECONDS", "rate-limit window (default 1)"),
     "STREAM_TTL_SEC": ("--stream-ttl-sec", "SECONDS", "lifetime of a stream after its END (default 120)"),
+    "PUBLISH_DEDUP_WINDOW_SEC": ("--publish-dedup-window-sec", "SECONDS", "how long a retried message_id returns its first stream id; 0 disables (default 300)"),
+    "GATEWAY_MAX_CONNECTIONS_PER_IP": ("--gateway-max-connections-per-ip", "COUNT", "concurrent SSE streams per client address; 0 is unlimited (default 0)"),
+    "GATEWAY_MAX_CONNECTIONS_PER_TOKEN": ("--gateway-max-connections-per-token", "COUNT", "concurrent SSE streams per token; 0 is unlimited (default 0)"),
     "CLEANUP_INTERVAL_SEC": ("--cleanup-interval-sec", "SECONDS", "period of the cleanup sweep (default 120)"),
     "CLEANUP_STREAM_IDLE_SEC": ("--cleanup-stream-idle-sec", "SECONDS", "idle time after which an unfinished stream is deleted (default 120)"),
     "LOG_FORMAT": ("--log-format", "text|json", "log line format on stderr (default text)"),
@@ -54,7 +57,11 @@ _WORKER_VARIABLES = {"publish": "PUBLISH_WORKERS", "gateway": "GATEWAY_WORKERS"}
 _MAX_WORKERS = 256
 
 _BROKER = ("REDIS_URL", "REDIS_CLUSTER")
-_LIMITS = ("MAX_MESSAGE_BYTES", "MAX_STREAM_LEN", "PUBLISH_RATE_LIMIT", "PUBLISH_RATE_WINDOW_SEC", "STREAM_TTL_SEC")
+_LIMITS = (
+    "MAX_MESSAGE_BYTES", "MAX_STREAM_LEN", "PUBLISH_RATE_LIMIT", "PUBLISH_RATE_WINDOW_SEC", "STREAM_TTL_SEC",
+    "PUBLISH_DEDUP_WINDOW_SEC",
+)
+_GATEWAY_LIMITS = ("GATEWAY_MAX_CONNECTIONS_PER_IP", "GATEWAY_MAX_CONNECTIONS_PER_TOKEN")
 _CLEANUP = ("CLEANUP_INTERVAL_SEC", "CLEANUP_STREAM_IDLE_SEC")
 
 ROLE_VARIABLES: dict[str, tuple[str, ...]] = {
@@ -64,13 +71,14 @@ ROLE_VARIABLES: dict[str, tuple[str, ...]] = {
     ),
     "gateway": (
         *_BROKER, "CONDUIT_HOST", "GATEWAY_PORT",
-        "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE", "LOG_FORMAT",
+        "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE", "MAX_STREAM_LEN",
+        *_GATEWAY_LIMITS, "LOG_FORMAT",
     ),
     "cleanup": (*_BROKER, *_CLEANUP, "LOG_FORMAT"),
     # Dev mode signs and checks tokens with its own keys, so it takes no JWT settings.
     "dev": (
         *_BROKER, "CONDUIT_HOST", "PUBLISH_PORT", "PUBLISH_GRPC_PORT", "GATEWAY_PORT",
-        *_LIMITS, *_CLEANUP, "LOG_FORMAT",
+        *_LIMITS, *_GATEWAY_LIMITS, *_CLEANUP, "LOG_FORMAT",
     ),
 }
 """Environment variables each role reads; each gets its ``--flag``."""

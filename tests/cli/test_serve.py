@@ -99,6 +99,27 @@ def test_serve_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch, capsy
     assert capsys.readouterr().err == "conduit serve: PUBLISH_PORT must be an integer, got 'eighty'\n"
 
 
+@pytest.mark.parametrize(
+    ("role", "flag", "variable"),
+    [
+        ("publish", "--publish-dedup-window-sec", "PUBLISH_DEDUP_WINDOW_SEC"),
+        ("gateway", "--gateway-max-connections-per-ip", "GATEWAY_MAX_CONNECTIONS_PER_IP"),
+        ("gateway", "--gateway-max-connections-per-token", "GATEWAY_MAX_CONNECTIONS_PER_TOKEN"),
+        ("gateway", "--max-stream-len", "MAX_STREAM_LEN"),
+    ],
+)
+def test_serve_limit_flag_reaches_settings(
+    role: str, flag: str, variable: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in _VALID_ENV[role].items():
+        monkeypatch.setenv(name, value)
+
+    status = main(["serve", role, flag, "-1"])
+
+    assert status == 2
+    assert capsys.readouterr().err.startswith(f"conduit serve: {variable} must be at least")
+
+
 def test_serve_secret_never_echoed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://:hunter2-password@127.0.0.1:1")
 
