@@ -22,7 +22,7 @@ from typing import Any
 from bench.procs import RedisServer
 from broker.factory import create_broker
 from broker.keys import rate_limit_key, stream_key, tracking_key
-from conduit.client import build_request
+from conduit.sdk import build_request
 from conduit.settings import BrokerSettings, JwtSettings
 from conduit.tokens import mint_publisher_token
 from conduit.v1alpha import publish_pb2

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from conduit import __version__
-from conduit.client import DEFAULT_DEMO_TEXT, PHASES
+from conduit.sdk import DEFAULT_DEMO_TEXT, PHASES
 from conduit.dev_keys import DEFAULT_STATE_DIR
 from conduit.errors import ConfigError
 

@@ -25,7 +25,8 @@ import pytest
 
 from broker import create_broker
 from broker.base import Broker
-from conduit.client import build_request, publish_http
+from conduit.sdk import build_request
+from tests.publishing import publish_http
 from conduit.settings import BrokerSettings, JwtSettings, Settings
 from conduit.tokens import generate_rsa_key_pair, mint_publisher_token, mint_subscriber_token
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc

@@ -13,7 +13,7 @@ import pytest
 from broker.keys import stream_key
 from conduit.cli import build_parser, main
 from conduit.cli_tools import run_send, run_tail
-from conduit.client import split_demo_text
+from conduit.sdk import split_demo_text
 from conduit.dev import DevStack
 from conduit.serve import create_server
 from conduit.v1alpha import publish_pb2

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conduit.cli import main
-from conduit.client import build_request
+from conduit.sdk import build_request
 from conduit.tokens import generate_rsa_key_pair, mint_publisher_token
 from conduit.v1alpha import publish_pb2
 from tests.cli.conftest import CONDUIT_VARIABLES

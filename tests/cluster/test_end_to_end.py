@@ -19,7 +19,8 @@ import pytest
 from broker import create_broker
 from broker.base import Broker
 from broker.keys import stream_key
-from conduit.client import build_request, publish_http
+from conduit.sdk import build_request
+from tests.publishing import publish_http
 from conduit.settings import BrokerSettings
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from tests.test_end_to_end import (  # noqa: F401 (fixtures and tests collected here again)

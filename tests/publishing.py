@@ -1,41 +1,18 @@
-"""The first client module, kept so that existing imports go on working; new code uses ``conduit.sdk``."""
+"""Publish over the HTTP shim with a caller's httpx client, as the end-to-end tests need."""
 
 from __future__ import annotations
 
 import httpx
 
-from conduit.sdk import (
-    DEFAULT_DEMO_TEXT,
-    PHASES,
-    PublishRejected,
-    SseEvent,
-    SubscribeFailed,
-    build_request,
-    demo_requests,
-    parse_payload,
-    split_demo_text,
-)
+from conduit.sdk import PublishRejected
 from conduit.sdk.publisher import DEFAULT_TIMEOUT_S, PROTOBUF_MEDIA_TYPE
 from conduit.v1alpha import publish_pb2
-
-__all__ = [
-    "DEFAULT_DEMO_TEXT",
-    "PHASES",
-    "PublishRejected",
-    "SseEvent",
-    "SubscribeFailed",
-    "build_request",
-    "demo_requests",
-    "parse_payload",
-    "publish_http",
-    "split_demo_text",
-]
 
 
 async def publish_http(
     client: httpx.AsyncClient, base_url: str, request: publish_pb2.PublishRequest, token: str
 ) -> str:
-    """POST one message to the HTTP shim with ``client`` and return its stream id; raise PublishRejected otherwise."""
+    """POST one message with ``client`` and return its stream id; raise PublishRejected otherwise."""
     url = f"{base_url.rstrip('/')}/publish/{request.org_id}/{request.channel_id}"
     response = await client.post(
         url,
