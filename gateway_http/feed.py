@@ -22,6 +22,8 @@ class SubscriberLagging(Exception):
 class Subscription(abc.ABC):
     """The events of one stream after a given id, for one consumer, in order."""
 
+    __slots__ = ()
+
     @abc.abstractmethod
     async def next_batch(self, timeout_s: float) -> list[SseEvent]:
         """Return the next events, oldest first, or an empty list when none arrived within about ``timeout_s``.

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,7 +85,17 @@ class SubscriptionPolicy:
 
 
 class HubSubscription(Subscription):
-    """A subscription of ``HubFeed``; see the module docstring for the hand-over."""
+    """A subscription of ``HubFeed``; see the module docstring for the hand-over.
+
+    A gateway holds many of these, mostly idle, so one keeps little state: a
+    plain list as its queue, a future only while a consumer waits, and one
+    timer that is re-armed only when it fires, not once per wait.
+    """
+
+    __slots__ = (
+        "_broker", "_budget", "_closed", "_cursor", "_cursor_key", "_failure", "_live_from", "_policy",
+        "_queue", "_registry", "_replaying", "_timer", "_trim_checked", "_waiter", "_wake_at", "stream",
+    )
 
     def __init__(
         self, registry: ChannelRegistry, broker: Broker, stream: str, after_id: str, policy: SubscriptionPolicy
@@ -100,11 +109,14 @@ class HubSubscription(Subscription):
         self._live_from: tuple[int, int] | None = None
         self._replaying = True
         self._trim_checked = False
-        self._queue: deque[SseEvent] = deque()
-        self._queued = asyncio.Event()
+        self._queue: list[SseEvent] = []
+        self._waiter: asyncio.Future[None] | None = None
+        # The live wait ends at _wake_at (loop time); _timer fires at or before it.
+        self._wake_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._failure: Exception | None = None
         self._closed = False
-        self._budget = RetryBudget(policy.retry_budget_s, log_fields=stream_log_fields(stream))
+        self._budget: RetryBudget | None = None
 
     def deliver(self, events: list[SseEvent]) -> None:
         if self._failure is not None or self._closed:
@@ -116,17 +128,24 @@ class HubSubscription(Subscription):
             self._registry.leave(self)
             return
         self._queue.extend(events)
-        self._queued.set()
+        self._wake()
 
     def fail(self, error: Exception) -> None:
         if self._failure is None:
             self._failure = error
-        self._queued.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def next_batch(self, timeout_s: float) -> list[SseEvent]:
         if self._closed:
             raise RuntimeError("subscription is closed")
-        if self._failure is not None and self._replaying:
+        if not self._replaying and self._live_from is not None:
+            return await self._next_live(timeout_s)
+        if self._failure is not None:
             # The live channel is gone, so replaying further would leave a gap.
             raise self._failure
         deadline = time.monotonic() + timeout_s
@@ -137,9 +156,9 @@ class HubSubscription(Subscription):
         while True:
             _raise_if_cancel_lost(cancel_requests)
             if self._live_from is not None and not self._replaying:
-                return await self._next_live(deadline)
+                return await self._next_live(deadline - time.monotonic())
 
-            delay_s = self._budget.delay_s()
+            delay_s = self._budget.delay_s() if self._budget is not None else 0.0
             if delay_s > 0:
                 await asyncio.sleep(min(delay_s, max(0.0, deadline - time.monotonic())))
                 if time.monotonic() >= deadline:
@@ -155,7 +174,8 @@ class HubSubscription(Subscription):
                     return []
                 continue
             _raise_if_cancel_lost(cancel_requests)
-            self._budget.succeeded()
+            if self._budget is not None:
+                self._budget.succeeded()
             if events or time.monotonic() >= deadline:
                 return events
 
@@ -164,9 +184,14 @@ class HubSubscription(Subscription):
             return
         self._closed = True
         self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._registry.leave(self)
 
     def _record_failure(self, error: Exception) -> None:
+        if self._budget is None:
+            self._budget = RetryBudget(self._policy.retry_budget_s, log_fields=stream_log_fields(self.stream))
         try:
             self._budget.failed(error)
         except BrokerUnavailable as final:
@@ -227,32 +252,59 @@ class HubSubscription(Subscription):
             return False
         return self._cursor_key < parse_entry_id(info.first_id) and info.length >= self._policy.max_stream_len
 
-    async def _next_live(self, deadline: float) -> list[SseEvent]:
-        while True:
-            if isinstance(self._failure, SubscriberLagging):
-                raise self._failure
-            events = self._take_queued()
-            if events:
-                return events
-            if self._failure is not None:
-                raise self._failure
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                return []
-            self._queued.clear()
-            try:
-                async with asyncio.timeout(remaining_s):
-                    await self._queued.wait()
-            except TimeoutError:
-                return []
+    async def _next_live(self, timeout_s: float) -> list[SseEvent]:
+        if isinstance(self._failure, SubscriberLagging):
+            raise self._failure
+        events = self._take_queued()
+        if events:
+            return events
+        if self._failure is not None:
+            raise self._failure
+        if timeout_s <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        self._wake_at = loop.time() + timeout_s
+        if self._timer is not None and self._timer.when() > self._wake_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = loop.call_at(self._wake_at, self._on_timer)
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if isinstance(self._failure, SubscriberLagging):
+            raise self._failure
+        events = self._take_queued()
+        if not events and self._failure is not None:
+            raise self._failure
+        return events
+
+    def _on_timer(self) -> None:
+        """End a wait that reached its time; re-arm for a later wait, or stop while nobody waits."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._wake_at:
+            waiter.set_result(None)
+        else:
+            self._timer = loop.call_at(self._wake_at, self._on_timer)
 
     def _take_queued(self) -> list[SseEvent]:
         """Return the queued events after the cursor, emptying the queue."""
+        queue = self._queue
+        if not queue:
+            return []
+        self._queue = []
+        cursor_key = self._cursor_key
         events = []
-        while self._queue:
-            event = self._queue.popleft()
+        for event in queue:
             assert event.entry_key is not None
-            if event.entry_key > self._cursor_key:
+            if event.entry_key > cursor_key:
                 events.append(event)
-                self._cursor_key = event.entry_key
+                cursor_key = event.entry_key
+        self._cursor_key = cursor_key
         return events

@@ -1,18 +1,25 @@
 """The ASGI response that streams one channel to one client as Server-Sent Events.
 
-Three tasks run side by side and the first to finish decides the outcome:
+A gateway holds many mostly idle streams and sends each live event to every
+one of them, so a stream costs one task besides the request's own, and a
+frame costs one ASGI send and no timer:
 
-- the pump reads the feed and sends frames until the END entry, a broker
-  failure, or the feed dropping a subscriber that fell behind;
-- the disconnect watch returns when the client goes away;
-- the drain watch returns when the server starts shutting down.
+- the request's task runs the pump, which reads the feed and sends frames
+  until the END entry, a broker failure, or the feed dropping a subscriber
+  that fell behind. All events that are ready go out in one send;
+- one task waits in ``receive()`` for the client to go away;
+- the drain calls the stream back when the server starts shutting down;
+- one watchdog timer per stream checks the deadline of the send in progress.
+  It is armed when a send starts and none is armed, and re-armed only when it
+  fires, so it runs about once per send timeout rather than once per frame.
 
-The other two are then cancelled and awaited, so the subscription is closed (in
-the pump's ``finally``) before the response returns. A drain sends ``event:
-control`` before closing. Every send has a deadline, and the feed queues a
-bounded number of events per subscriber, so a client that stops reading is
-dropped instead of buffered without bound. Connection limits are checked
-before the response starts, and a rejected request gets a 429 instead.
+The disconnect, the drain and a missed send deadline each cancel the pump
+with their reason, so the subscription is closed (in the pump's ``finally``)
+before the response returns. A drain sends ``event: control`` before closing.
+The feed queues a bounded number of events per subscriber, and a client that
+does not take a frame within the send timeout is dropped, so nothing is
+buffered without bound. Connection limits are checked before the response
+starts, and a rejected request gets a 429 instead.
 """
 
 from __future__ import annotations
@@ -21,13 +28,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Literal
+import time
+from collections.abc import Coroutine
+from typing import Any, Literal
 
 from litestar.types import Receive, Scope, Send
 
 from conduit.errors import BrokerUnavailable
 from gateway_http.drain import Drain
-from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, control_frame, error_frame
+from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, SseEvent, control_frame, error_frame
 from gateway_http.feed import Feed, SubscriberLagging
 from gateway_http.limits import ConnectionLimiter, ConnectionLimitExceeded
 from gateway_http.metrics import EVENTS_SENT, OPEN_STREAMS
@@ -52,39 +61,119 @@ _HEADERS = [
 ]
 
 EventKind = Literal["stream", "control", "error", "keepalive", "retry"]
+# Labelled once: a label lookup per frame costs more than the increment.
+_SENT = {kind: EVENTS_SENT.labels(kind) for kind in ("stream", "control", "error", "keepalive", "retry")}
+
+_CLIENT_DISCONNECTED = "client disconnected"
+_CLIENT_STOPPED_READING = "client stopped reading"
+_SERVER_DRAINING = "server draining"
 
 
-class _SendTimedOut(Exception):
-    """The client did not take a frame within the send timeout."""
+class _Connection:
+    """One response's sends, with their deadline, and the interruption of the task that streams it.
 
+    Built in the task that runs the response; ``interrupt`` cancels that task
+    while it is inside ``run_interruptibly`` and records why.
+    """
 
-class _FrameSender:
-    """Sends body frames with a deadline and counts them, the single edge where frames leave."""
+    __slots__ = ("_interruptible", "_send", "_sending_since", "_task", "_timeout_s", "_timer", "stop_reason")
 
     def __init__(self, send: Send, timeout_s: float) -> None:
         self._send = send
         self._timeout_s = timeout_s
+        self._task = asyncio.current_task()
+        self._sending_since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._interruptible = False
+        self.stop_reason: str | None = None
+
+    async def run_interruptibly(self, coroutine: Coroutine[Any, Any, str]) -> str:
+        """Await ``coroutine`` and return its result, or the reason of an interruption that cancelled it."""
+        self._interruptible = True
+        try:
+            return await coroutine
+        except asyncio.CancelledError:
+            # Re-raise a cancellation from elsewhere, such as the server's shutdown.
+            if self.stop_reason is None or self._task is None or self._task.uncancel() > 0:
+                raise
+            return self.stop_reason
+        finally:
+            self._interruptible = False
+
+    def interrupt(self, reason: str) -> None:
+        if self.stop_reason is None and self._interruptible and self._task is not None:
+            self.stop_reason = reason
+            self._task.cancel()
+
+    def drain_started(self) -> None:
+        self.interrupt(_SERVER_DRAINING)
+
+    def client_disconnected(self, _: asyncio.Task[None]) -> None:
+        self.interrupt(_CLIENT_DISCONNECTED)
 
     async def start(self) -> None:
         await self._call({"type": "http.response.start", "status": 200, "headers": _HEADERS})
 
     async def frame(self, frame: bytes, kind: EventKind) -> None:
         await self._call({"type": "http.response.body", "body": frame, "more_body": True})
-        EVENTS_SENT.labels(kind).inc()
+        _SENT[kind].inc()
+
+    async def events(self, batch: list[SseEvent]) -> bool:
+        """Send ``batch`` up to its END in one body message; return True when it held the END."""
+        ended = False
+        controls = 0
+        frames = []
+        for event in batch:
+            frames.append(event.frame)
+            if event.kind != "stream":
+                controls += 1
+            if event.is_end:
+                ended = True
+                break
+        body = frames[0] if len(frames) == 1 else b"".join(frames)
+        await self._call({"type": "http.response.body", "body": body, "more_body": True})
+        if len(frames) > controls:
+            _SENT["stream"].inc(len(frames) - controls)
+        if controls:
+            _SENT["control"].inc(controls)
+        return ended
 
     async def finish(self) -> None:
         await self._call({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def _call(self, message: dict[str, object]) -> None:
+        self._sending_since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._check_deadline)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._send(message)  # type: ignore[arg-type]
-        except TimeoutError:
-            raise _SendTimedOut from None
+            await self._send(message)  # type: ignore[arg-type]
+        finally:
+            self._sending_since = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        since = self._sending_since
+        if since is None:
+            return
+        left_s = since + self._timeout_s - time.monotonic()
+        if left_s <= 0:
+            self.interrupt(_CLIENT_STOPPED_READING)
+        else:
+            self._timer = asyncio.get_running_loop().call_later(left_s, self._check_deadline)
 
 
 class SseStream:
     """ASGI app for one subscriber of one stream; build one per accepted request."""
+
+    __slots__ = (
+        "_after_id", "_drain", "_feed", "_keepalive_interval_s", "_limiter", "_log_fields", "_send_timeout_s",
+        "_stream_key", "_token_key",
+    )
 
     def __init__(
         self,
@@ -102,7 +191,7 @@ class SseStream:
         self._feed = feed
         self._limiter = limiter
         self._token_key = token_key
-        self._stream = stream
+        self._stream_key = stream
         self._after_id = after_id
         self._drain = drain
         self._log_fields = log_fields
@@ -123,50 +212,59 @@ class SseStream:
             lease.release()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
-        sender = _FrameSender(send, self._send_timeout_s)
+        connection = _Connection(send, self._send_timeout_s)
         reason = "cancelled"
         with self._drain.track(), OPEN_STREAMS.track_inprogress():
             logger.info("stream opened", extra={**self._log_fields, "after_id": self._after_id})
             try:
-                await sender.start()
-                await sender.frame(RETRY_FRAME, "retry")
-                reason = await self._run(sender, receive)
-            except _SendTimedOut:
-                reason = "client stopped reading"
-                # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
-                # this one ended incomplete and closes the connection.
-                logger.warning("dropping slow client", extra=self._log_fields)
+                reason = await self._run(connection, receive)
+                if reason == _CLIENT_STOPPED_READING:
+                    # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
+                    # this one ended incomplete and closes the connection.
+                    logger.warning("dropping slow client", extra=self._log_fields)
             finally:
+                connection.close()
                 logger.info("stream closed", extra={**self._log_fields, "reason": reason})
 
-    async def _run(self, sender: _FrameSender, receive: Receive) -> str:
-        """Run the pump and both watches until one finishes; return why the stream ended."""
-        pump = asyncio.create_task(self._pump(sender), name="sse-pump")
+    async def _run(self, connection: _Connection, receive: Receive) -> str:
+        """Stream until the pump ends or an interruption cancels it; return why the stream ended."""
         disconnect = asyncio.create_task(_wait_for_disconnect(receive), name="sse-disconnect")
-        draining = asyncio.create_task(self._drain.wait_draining(), name="sse-drain")
-        tasks = (pump, disconnect, draining)
+        disconnect.add_done_callback(connection.client_disconnected)
+        self._drain.add_listener(connection)
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reason = await connection.run_interruptibly(self._stream(connection))
         finally:
-            await _cancel_and_wait(tasks)
+            self._drain.remove_listener(connection)
+            await _cancel_and_wait((disconnect,))
 
-        if not pump.cancelled():
-            reason = pump.result()  # re-raises _SendTimedOut and unexpected errors
-        elif not disconnect.cancelled():
-            disconnect.result()  # re-raises an error from receive()
-            return "client disconnected"
-        else:
-            await sender.frame(control_frame(SERVER_DRAINING), "control")
-            reason = "server draining"
-        await sender.finish()
+        if reason == _CLIENT_STOPPED_READING:
+            return reason
+        if reason == _CLIENT_DISCONNECTED:
+            if not disconnect.cancelled():
+                disconnect.result()  # re-raises an error from receive()
+            return reason
+        try:
+            async with asyncio.timeout(self._send_timeout_s):
+                if reason == _SERVER_DRAINING:
+                    await connection.frame(control_frame(SERVER_DRAINING), "control")
+                await connection.finish()
+        except TimeoutError:
+            return _CLIENT_STOPPED_READING
         return reason
 
-    async def _pump(self, sender: _FrameSender) -> str:
+    async def _stream(self, connection: _Connection) -> str:
+        await connection.start()
+        await connection.frame(RETRY_FRAME, "retry")
+        if self._drain.is_draining:
+            return _SERVER_DRAINING
+        return await self._pump(connection)
+
+    async def _pump(self, connection: _Connection) -> str:
         """Send the stream's events, with keep-alives while idle, until END, a broker failure or a lag."""
         try:
-            subscription = await self._feed.subscribe(self._stream, self._after_id)
+            subscription = await self._feed.subscribe(self._stream_key, self._after_id)
         except BrokerUnavailable as error:
-            await sender.frame(error_frame(error.message), "error")
+            await connection.frame(error_frame(error.message), "error")
             return "broker unavailable"
         try:
             while True:
@@ -174,7 +272,7 @@ class SseStream:
                     batch = await subscription.next_batch(self._keepalive_interval_s)
                 except BrokerUnavailable as error:
                     logger.warning("closing stream: broker unavailable", extra={**self._log_fields, "error": str(error)})
-                    await sender.frame(error_frame(error.message), "error")
+                    await connection.frame(error_frame(error.message), "error")
                     return "broker unavailable"
                 except SubscriberLagging:
                     # Closing lets the client reconnect with its Last-Event-ID.
@@ -182,13 +280,9 @@ class SseStream:
                     return "subscriber fell behind"
 
                 if not batch:
-                    await sender.frame(KEEPALIVE_FRAME, "keepalive")
-                    continue
-
-                for event in batch:
-                    await sender.frame(event.frame, event.kind)
-                    if event.is_end:
-                        return "stream ended"
+                    await connection.frame(KEEPALIVE_FRAME, "keepalive")
+                elif await connection.events(batch):
+                    return "stream ended"
         finally:
             await subscription.close()
 
