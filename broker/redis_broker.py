@@ -3,7 +3,9 @@
 Each Lua script touches keys of one hash slot only, so the broker works on a
 single Redis and on Redis Cluster alike. The tracking shards live in other
 slots and are updated by separate commands: tracked before the append, so that
-cleanup can find every stream, and untracked after an END.
+cleanup can find every stream, and untracked after an END. A stream that this
+process tracked less than ``tracking_refresh_s`` ago is not tracked again (see
+``RedisBroker.append``), so a publish to a busy stream is one round trip.
 """
 
 from __future__ import annotations
@@ -26,19 +28,31 @@ from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
 
-__all__ = ["DEFAULT_MAX_BLOCK_MS", "RedisBroker"]
+__all__ = ["DEFAULT_MAX_BLOCK_MS", "TRACKING_REFRESH_S", "RedisBroker"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BLOCK_MS = 2000
 """Longest XREAD BLOCK issued unless the constructor sets another; it must stay below the client's socket timeout."""
 
+TRACKING_REFRESH_S = 1.0
+"""Seconds after tracking a stream during which its publishes skip the tracking ZADD.
+
+It must stay well below the cleanup idle time (CLEANUP_STREAM_IDLE_SEC): a
+tracking score is then at most this much older than the stream's last entry,
+and the sweep checks the stream's own newest entry before deleting it."""
+
+# Streams remembered as tracked, per process; past this the oldest is forgotten
+# and simply tracked again on its next publish.
+_MAX_RECENTLY_TRACKED = 65_536
 _SWEEP_BATCH_SIZE = 100
 _MAX_REPORTED_FOREIGN_ENTRIES = 1024
 _DELETED = 1
 _KEPT = -1
-# The first element of append.lua's reply when the rate limit rejected the publish.
+# First elements of append.lua's reply: the rate limit rejected the publish,
+# or the caller skipped tracking and the stream does not exist.
 _RATE_LIMITED = 0
+_NOT_TRACKED = 3
 
 
 def _load_script(name: str) -> str:
@@ -65,12 +79,19 @@ class RedisBroker(Broker):
         settings: BrokerSettings,
         *,
         max_block_ms: int = DEFAULT_MAX_BLOCK_MS,
+        tracking_refresh_s: float = TRACKING_REFRESH_S,
     ) -> None:
+        """``tracking_refresh_s=0`` tracks the stream before every append."""
         if max_block_ms < 1:
             raise ValueError(f"max_block_ms must be at least 1, got {max_block_ms}")
+        if tracking_refresh_s < 0:
+            raise ValueError(f"tracking_refresh_s must be at least 0, got {tracking_refresh_s}")
         self._client = client
         self._settings = settings
         self._max_block_ms = max_block_ms
+        self._tracking_refresh_s = tracking_refresh_s
+        # Stream key -> time.monotonic() of its last tracking ZADD, oldest first.
+        self._tracked_at: dict[str, float] = {}
         # register_script makes no network call; each script is sent with
         # EVALSHA and loaded on the first NOSCRIPT reply.
         self._append_script = client.register_script(_APPEND_SCRIPT)
@@ -85,33 +106,47 @@ class RedisBroker(Broker):
     async def append(
         self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
     ) -> str:
+        """Append per the Broker contract: track the stream, then run append.lua.
+
+        The tracking ZADD is skipped when this process tracked the stream less
+        than ``tracking_refresh_s`` ago. The script is then told so, and if the
+        stream no longer exists (cleanup deleted it, or it expired after an
+        END) it appends nothing and the stream is tracked before the script
+        runs again. So every stream is tracked before it is created, and a
+        busy stream's publish is one round trip.
+        """
         self._check_open()
         keys = [stream, rate_limit_key(stream)]
         if message_id is not None and self._settings.dedup_window_s > 0:
             keys.append(dedup_key(stream, message_id))
+        args = [
+            data,
+            self._settings.max_stream_len,
+            self._settings.rate_limit,
+            self._settings.rate_window_s * 1000,
+            1 if end else 0,
+            self._settings.stream_ttl_s,
+            self._settings.dedup_window_s * 1000,
+        ]
 
         with redis_errors_as_unavailable("append"):
-            await self._client.zadd(tracking_key(stream), {stream: int(time.time())})
-            outcome, value = await self._append_script(
-                keys=keys,
-                args=[
-                    data,
-                    self._settings.max_stream_len,
-                    self._settings.rate_limit,
-                    self._settings.rate_window_s * 1000,
-                    1 if end else 0,
-                    self._settings.stream_ttl_s,
-                    self._settings.dedup_window_s * 1000,
-                ],
-            )
+            tracked_at = self._tracked_at.get(stream)
+            skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
+            if not skip_tracking:
+                await self._track(stream)
+            outcome, value = await self._append_script(keys=keys, args=[*args, 1 if skip_tracking else 0])
+            if outcome == _NOT_TRACKED:
+                await self._track(stream)
+                outcome, value = await self._append_script(keys=keys, args=[*args, 0])
         if outcome == _RATE_LIMITED:
             raise rate_limited(
                 stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000
             )
         entry_id = value.decode()
 
-        # A duplicate END was tracked again by the ZADD above, so it is untracked too.
+        # A duplicate END may have been tracked again above, so it is untracked too.
         if end:
+            self._tracked_at.pop(stream, None)
             await self._untrack_ended(stream, entry_id)
         return entry_id
 
@@ -249,6 +284,17 @@ class RedisBroker(Broker):
     def _check_open(self) -> None:
         if self._closed:
             raise broker_closed()
+
+    async def _track(self, stream: str) -> None:
+        """ZADD the stream to its tracking shard and remember when."""
+        started = time.monotonic()
+        await self._client.zadd(tracking_key(stream), {stream: int(time.time())})
+        if self._tracking_refresh_s <= 0:
+            return
+        self._tracked_at.pop(stream, None)
+        self._tracked_at[stream] = started
+        if len(self._tracked_at) > _MAX_RECENTLY_TRACKED:
+            del self._tracked_at[next(iter(self._tracked_at))]
 
     async def _untrack_ended(self, stream: str, entry_id: str) -> None:
         """Take an ended stream off tracking; a failure is logged, not raised.

@@ -12,11 +12,16 @@
 -- ARGV[5]  "1" when the entry is the END, else "0"
 -- ARGV[6]  stream lifetime after END in seconds
 -- ARGV[7]  dedup window in milliseconds (read only with KEYS[3])
+-- ARGV[8]  "1" when the caller skipped tracking the stream because it tracked
+--          it moments ago: then the stream must already exist, else "0"
 --
 -- Returns {1, entry id} when appended, {2, original entry id} when KEYS[3]
--- remembers an earlier append of the same message_id, or {0, milliseconds
--- until the window ends} when the limit is used up. A duplicate or a rejected
--- publish changes nothing except giving a counter that lost its expiry a new one.
+-- remembers an earlier append of the same message_id, {0, milliseconds until
+-- the window ends} when the limit is used up, or {3, 0} when ARGV[8] is "1"
+-- and the stream does not exist (it was deleted or expired since the caller
+-- tracked it): the caller tracks it and runs the script again, so a stream is
+-- never created untracked. A duplicate, a rejected publish or {3, 0} changes
+-- nothing except giving a counter that lost its expiry a new one.
 
 local dedup_key = KEYS[3]
 
@@ -41,6 +46,10 @@ if used >= limit then
         remaining_ms = window_ms
     end
     return {0, remaining_ms}
+end
+
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[1]) == 0 then
+    return {3, 0}
 end
 
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[1])

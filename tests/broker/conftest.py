@@ -15,6 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from broker.base import Broker
 from broker.factory import create_broker
 from broker.keys import tracking_key
+from broker.instrumented import InstrumentedBroker
 from broker.memory import MemoryBroker
 from conduit.settings import BrokerSettings
 
@@ -48,8 +49,10 @@ class Backend:
     async def tracked_score(self, broker: Broker, stream: str) -> float | None:
         """Return the stream's activity-tracking score, or None when it is not tracked."""
         if self.raw is None:
-            assert isinstance(broker, MemoryBroker)
-            return broker.tracked_streams().get(stream)
+            # create_broker wraps every broker in InstrumentedBroker for metrics.
+            inner = broker.inner if isinstance(broker, InstrumentedBroker) else broker
+            assert isinstance(inner, MemoryBroker)
+            return inner.tracked_streams().get(stream)
         return await self.raw.zscore(tracking_key(stream), stream)
 
     async def wait_until_reader_blocked(self) -> None:
