@@ -4,10 +4,15 @@ Requests reach the servicer as the raw bytes of the PublishRequest, not as a
 decoded message. With the generated deserializer, an undecodable request would
 end as UNKNOWN before any of our code ran. Here it ends as INVALID_ARGUMENT
 with the reason, and the size check and the stored bytes use the wire encoding.
+
+An unexpected exception ends the call as INTERNAL with a generic message, and
+is logged with the ids of the request it happened in. grpc would otherwise end
+it as UNKNOWN with the exception's text.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,7 +25,15 @@ from publish_grpc.stream import BeforeAppend, publish_pipelined
 
 __all__ = ["SERVICE_NAME", "PublishServicer", "add_publish_servicer"]
 
+logger = logging.getLogger(__name__)
+
 SERVICE_NAME: str = publish_pb2.DESCRIPTOR.services_by_name["PublishService"].full_name
+
+INTERNAL_ERROR_MESSAGE = "internal error while publishing: the message may or may not be stored"
+
+
+class _LoggedFailure(Exception):
+    """An unexpected exception in one publish, already logged with its ids by PublishAttempt."""
 
 
 class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
@@ -52,25 +65,42 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
                 yield PublishResponse(stream_id=stream_id)
         except ConduitError as error:
             await _abort(context, error)
+        except _LoggedFailure:
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
+        except Exception:
+            # Raised outside any one publish, for example by the read-ahead.
+            logger.exception("publish stream failed", extra={"method": "PublishStream"})
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
 
     async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
         try:
             stream_id = await self._publish(request, context)
         except ConduitError as error:
             await _abort(context, error)
+        except _LoggedFailure:
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
+        except Exception:
+            logger.exception("publish call failed", extra={"method": "Publish"})
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
         return PublishResponse(stream_id=stream_id)
 
     async def _publish(
         self, request: bytes, context: grpc.aio.ServicerContext, before_append: BeforeAppend | None = None
     ) -> str:
-        with self._publisher.attempt("grpc") as attempt:
-            try:
-                self._publisher.authenticate(_authorization(context))
-            except Unauthenticated:
-                # The rejection is logged with the stream's ids when the body names them.
-                attempt.note_body(request)
-                raise
-            return await self._publisher.publish(attempt, request, before_append=before_append)
+        try:
+            with self._publisher.attempt("grpc") as attempt:
+                try:
+                    self._publisher.authenticate(_authorization(context))
+                except Unauthenticated:
+                    # The rejection is logged with the stream's ids when the body names them.
+                    attempt.note_body(request)
+                    raise
+                return await self._publisher.publish(attempt, request, before_append=before_append)
+        except ConduitError:
+            raise
+        except Exception as error:
+            # PublishAttempt has logged it with the ids as the block exited.
+            raise _LoggedFailure from error
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ConduitError) -> None:
