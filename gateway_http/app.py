@@ -31,6 +31,7 @@ from conduit.errors import HTTP_STATUS, ConduitError, ConfigError, InvalidArgume
 from conduit.health import health_handlers
 from conduit.settings import Settings
 from gateway_http.auth import TokenVerifier
+from gateway_http.deadlines import Deadlines
 from gateway_http.drain import Drain
 from gateway_http.feed import Feed
 from gateway_http.limits import ConnectionLimiter, token_digest
@@ -70,6 +71,8 @@ def create_app(
         max_per_ip=settings.gateway_max_connections_per_ip,
         max_per_token=settings.gateway_max_connections_per_token,
     )
+    # One timer watches the sends of every stream; it stops while no send is pending.
+    send_deadlines = Deadlines()
 
     @get("/events/{org_id:str}", include_in_schema=False)
     async def events(
@@ -94,6 +97,7 @@ def create_app(
             log_fields={"org_id": org, "channel_id": channel},
             limiter=limiter,
             token_key=token_digest(token or ""),
+            send_deadlines=send_deadlines,
             keepalive_interval_s=keepalive_interval_s,
             send_timeout_s=send_timeout_s,
         )

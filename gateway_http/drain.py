@@ -20,7 +20,8 @@ class DrainListener(Protocol):
 class Drain:
     """Counts open SSE streams and broadcasts the start of a drain to them.
 
-    A stream wraps its lifetime in ``track()`` and either registers with
+    A stream wraps its lifetime in ``track()`` (or ``stream_opened()`` and
+    ``stream_closed()``) and either registers with
     ``add_listener()`` or waits in ``wait_draining()``; the server calls ``start()`` on shutdown and then ``wait_closed()``.
     """
 
@@ -44,14 +45,22 @@ class Drain:
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
         """Count one open stream for the duration of the ``with`` block."""
-        self._open_count += 1
-        self._all_closed.clear()
+        self.stream_opened()
         try:
             yield
         finally:
-            self._open_count -= 1
-            if self._open_count == 0:
-                self._all_closed.set()
+            self.stream_closed()
+
+    def stream_opened(self) -> None:
+        """Count one more open stream; each call needs one ``stream_closed`` later."""
+        self._open_count += 1
+        self._all_closed.clear()
+
+    def stream_closed(self) -> None:
+        """Count one open stream fewer."""
+        self._open_count -= 1
+        if self._open_count == 0:
+            self._all_closed.set()
 
     async def wait_draining(self) -> None:
         """Return once a drain has started, at once if it already has."""

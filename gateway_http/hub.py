@@ -20,6 +20,7 @@ import asyncio
 
 from broker.base import Broker
 from conduit.errors import BrokerUnavailable
+from gateway_http.deadlines import Deadlines
 from gateway_http.feed import Feed, Subscription
 from gateway_http.hub_reader import Channel, ChannelReader, ReadPolicy
 from gateway_http.hub_subscription import HubSubscription, SubscriptionPolicy
@@ -77,6 +78,8 @@ class HubFeed(Feed):
         self._readers: dict[str, ChannelReader] = {}
         self._stopping: set[ChannelReader] = set()
         self._closed = False
+        # Ends the live waits of all subscriptions with one timer.
+        self._wait_deadlines = Deadlines()
 
     @property
     def active_streams(self) -> frozenset[str]:
@@ -96,7 +99,7 @@ class HubFeed(Feed):
     async def subscribe(self, stream: str, after_id: str) -> Subscription:
         if self._closed:
             raise BrokerUnavailable("the gateway is shutting down")
-        return HubSubscription(self, self._broker, stream, after_id, self._subscription_policy)
+        return HubSubscription(self, self._broker, stream, after_id, self._subscription_policy, self._wait_deadlines)
 
     async def close(self) -> None:
         self._closed = True
@@ -109,6 +112,7 @@ class HubFeed(Feed):
         for subscriber in subscribers:
             subscriber.fail(BrokerUnavailable("the gateway is shutting down"))
         self._channels.clear()
+        self._wait_deadlines.close()
 
     def join(self, subscription: HubSubscription) -> str | None:
         self._check_open()

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from broker.base import Broker, Entry
 from broker.ids import parse_entry_id
 from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
+from gateway_http.deadlines import Deadlines
 from gateway_http.encoding import encode_entries
 from gateway_http.events import ENTRIES_MISSED, SseEvent, control_event, is_start_entry
 from gateway_http.feed import SubscriberLagging, Subscription
@@ -88,19 +90,27 @@ class HubSubscription(Subscription):
     """A subscription of ``HubFeed``; see the module docstring for the hand-over.
 
     A gateway holds many of these, mostly idle, so one keeps little state: a
-    plain list as its queue, a future only while a consumer waits, and one
-    timer that is re-armed only when it fires, not once per wait.
+    plain list as its queue, a future only while a consumer waits, and the
+    end of that wait in ``wait_deadlines``, which the hub's subscriptions
+    share, instead of a timer of its own.
     """
 
     __slots__ = (
         "_broker", "_budget", "_closed", "_cursor", "_cursor_key", "_failure", "_live_from", "_policy",
-        "_queue", "_registry", "_replaying", "_timer", "_trim_checked", "_waiter", "_wake_at", "stream",
+        "_queue", "_registry", "_replaying", "_trim_checked", "_wait_deadlines", "_waiter", "stream",
     )
 
     def __init__(
-        self, registry: ChannelRegistry, broker: Broker, stream: str, after_id: str, policy: SubscriptionPolicy
+        self,
+        registry: ChannelRegistry,
+        broker: Broker,
+        stream: str,
+        after_id: str,
+        policy: SubscriptionPolicy,
+        wait_deadlines: Deadlines,
     ) -> None:
         self.stream = stream
+        self._wait_deadlines = wait_deadlines
         self._registry = registry
         self._broker = broker
         self._policy = policy
@@ -111,9 +121,6 @@ class HubSubscription(Subscription):
         self._trim_checked = False
         self._queue: list[SseEvent] = []
         self._waiter: asyncio.Future[None] | None = None
-        # The live wait ends at _wake_at (loop time); _timer fires at or before it.
-        self._wake_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._failure: Exception | None = None
         self._closed = False
         self._budget: RetryBudget | None = None
@@ -140,11 +147,16 @@ class HubSubscription(Subscription):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next_batch(self, timeout_s: float) -> list[SseEvent]:
+    def next_batch(self, timeout_s: float) -> Coroutine[Any, Any, list[SseEvent]]:
+        # A plain function, so a subscriber waiting for live events holds one
+        # coroutine frame rather than two.
+        if not self._closed and not self._replaying and self._live_from is not None:
+            return self._next_live(timeout_s)
+        return self._catch_up(timeout_s)
+
+    async def _catch_up(self, timeout_s: float) -> list[SseEvent]:
         if self._closed:
             raise RuntimeError("subscription is closed")
-        if not self._replaying and self._live_from is not None:
-            return await self._next_live(timeout_s)
         if self._failure is not None:
             # The live channel is gone, so replaying further would leave a gap.
             raise self._failure
@@ -184,9 +196,7 @@ class HubSubscription(Subscription):
             return
         self._closed = True
         self._queue.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._wait_deadlines.discard(self)
         self._registry.leave(self)
 
     def _record_failure(self, error: Exception) -> None:
@@ -262,14 +272,8 @@ class HubSubscription(Subscription):
             raise self._failure
         if timeout_s <= 0:
             return []
-        loop = asyncio.get_running_loop()
-        self._wake_at = loop.time() + timeout_s
-        if self._timer is not None and self._timer.when() > self._wake_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None:
-            self._timer = loop.call_at(self._wake_at, self._on_timer)
-        waiter = self._waiter = loop.create_future()
+        self._wait_deadlines.set(self, time.monotonic() + timeout_s)
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
         finally:
@@ -281,17 +285,9 @@ class HubSubscription(Subscription):
             raise self._failure
         return events
 
-    def _on_timer(self) -> None:
-        """End a wait that reached its time; re-arm for a later wait, or stop while nobody waits."""
-        self._timer = None
-        waiter = self._waiter
-        if waiter is None or waiter.done() or self._closed:
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._wake_at:
-            waiter.set_result(None)
-        else:
-            self._timer = loop.call_at(self._wake_at, self._on_timer)
+    def deadline_passed(self) -> None:
+        """End the wait for live events with no events, so the consumer can send a keep-alive."""
+        self._wake()
 
     def _take_queued(self) -> list[SseEvent]:
         """Return the queued events after the cursor, emptying the queue."""

@@ -9,9 +9,8 @@ frame costs one ASGI send and no timer:
   that fell behind. All events that are ready go out in one send;
 - one task waits in ``receive()`` for the client to go away;
 - the drain calls the stream back when the server starts shutting down;
-- one watchdog timer per stream checks the deadline of the send in progress.
-  It is armed when a send starts and none is armed, and re-armed only when it
-  fires, so it runs about once per send timeout rather than once per frame.
+- a send in progress has a deadline in ``Deadlines``, one timer shared by
+  every stream of the app, so a frame costs a dict update instead of a timer.
 
 The disconnect, the drain and a missed send deadline each cancel the pump
 with their reason, so the subscription is closed (in the pump's ``finally``)
@@ -29,12 +28,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any, Literal
+from typing import Literal
 
 from litestar.types import Receive, Scope, Send
 
 from conduit.errors import BrokerUnavailable
+from gateway_http.deadlines import Deadlines
 from gateway_http.drain import Drain
 from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, SseEvent, control_frame, error_frame
 from gateway_http.feed import Feed, SubscriberLagging
@@ -72,41 +71,36 @@ _SERVER_DRAINING = "server draining"
 class _Connection:
     """One response's sends, with their deadline, and the interruption of the task that streams it.
 
-    Built in the task that runs the response; ``interrupt`` cancels that task
-    while it is inside ``run_interruptibly`` and records why.
+    Built in the task that runs the response. While ``interruptible`` is True,
+    ``interrupt`` cancels that task and records why in ``stop_reason``.
     """
 
-    __slots__ = ("_interruptible", "_send", "_sending_since", "_task", "_timeout_s", "_timer", "stop_reason")
+    __slots__ = ("_deadlines", "_send", "_task", "_timeout_s", "interruptible", "stop_reason")
 
-    def __init__(self, send: Send, timeout_s: float) -> None:
+    def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float) -> None:
         self._send = send
+        self._deadlines = deadlines
         self._timeout_s = timeout_s
         self._task = asyncio.current_task()
-        self._sending_since: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._interruptible = False
+        self.interruptible = False
         self.stop_reason: str | None = None
 
-    async def run_interruptibly(self, coroutine: Coroutine[Any, Any, str]) -> str:
-        """Await ``coroutine`` and return its result, or the reason of an interruption that cancelled it."""
-        self._interruptible = True
-        try:
-            return await coroutine
-        except asyncio.CancelledError:
-            # Re-raise a cancellation from elsewhere, such as the server's shutdown.
-            if self.stop_reason is None or self._task is None or self._task.uncancel() > 0:
-                raise
-            return self.stop_reason
-        finally:
-            self._interruptible = False
-
     def interrupt(self, reason: str) -> None:
-        if self.stop_reason is None and self._interruptible and self._task is not None:
+        if self.stop_reason is None and self.interruptible and self._task is not None:
             self.stop_reason = reason
             self._task.cancel()
 
+    def take_interruption(self) -> str | None:
+        """Return the reason of the interruption that cancelled the task; None for a cancellation from elsewhere."""
+        if self.stop_reason is None or self._task is None or self._task.uncancel() > 0:
+            return None
+        return self.stop_reason
+
     def drain_started(self) -> None:
         self.interrupt(_SERVER_DRAINING)
+
+    def deadline_passed(self) -> None:
+        self.interrupt(_CLIENT_STOPPED_READING)
 
     def client_disconnected(self, _: asyncio.Task[None]) -> None:
         self.interrupt(_CLIENT_DISCONNECTED)
@@ -142,37 +136,23 @@ class _Connection:
         await self._call({"type": "http.response.body", "body": b"", "more_body": False})
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.interruptible = False
+        self._deadlines.discard(self)
 
     async def _call(self, message: dict[str, object]) -> None:
-        self._sending_since = time.monotonic()
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._check_deadline)
+        self._deadlines.set(self, time.monotonic() + self._timeout_s)
         try:
             await self._send(message)  # type: ignore[arg-type]
         finally:
-            self._sending_since = None
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        since = self._sending_since
-        if since is None:
-            return
-        left_s = since + self._timeout_s - time.monotonic()
-        if left_s <= 0:
-            self.interrupt(_CLIENT_STOPPED_READING)
-        else:
-            self._timer = asyncio.get_running_loop().call_later(left_s, self._check_deadline)
+            self._deadlines.discard(self)
 
 
 class SseStream:
     """ASGI app for one subscriber of one stream; build one per accepted request."""
 
     __slots__ = (
-        "_after_id", "_drain", "_feed", "_keepalive_interval_s", "_limiter", "_log_fields", "_send_timeout_s",
-        "_stream_key", "_token_key",
+        "_after_id", "_drain", "_feed", "_keepalive_interval_s", "_limiter", "_log_fields", "_send_deadlines",
+        "_send_timeout_s", "_stream_key", "_token_key",
     )
 
     def __init__(
@@ -185,9 +165,11 @@ class SseStream:
         log_fields: dict[str, object],
         limiter: ConnectionLimiter,
         token_key: bytes,
+        send_deadlines: Deadlines,
         keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
+        """``send_deadlines`` is shared by the app's streams and watches their sends."""
         self._feed = feed
         self._limiter = limiter
         self._token_key = token_key
@@ -195,6 +177,7 @@ class SseStream:
         self._after_id = after_id
         self._drain = drain
         self._log_fields = log_fields
+        self._send_deadlines = send_deadlines
         self._keepalive_interval_s = keepalive_interval_s
         self._send_timeout_s = send_timeout_s
 
@@ -206,34 +189,41 @@ class SseStream:
         except ConnectionLimitExceeded as error:
             await _send_rejection(send, error, str(scope.get("path")), self._log_fields, self._send_timeout_s)
             return
-        try:
-            await self._serve(receive, send)
-        finally:
-            lease.release()
-
-    async def _serve(self, receive: Receive, send: Send) -> None:
-        connection = _Connection(send, self._send_timeout_s)
+        connection = _Connection(send, self._send_deadlines, self._send_timeout_s)
         reason = "cancelled"
-        with self._drain.track(), OPEN_STREAMS.track_inprogress():
+        # Plain calls instead of context managers: an open stream keeps every
+        # frame of its coroutines in memory, and each level costs some.
+        self._drain.stream_opened()
+        OPEN_STREAMS.inc()
+        try:
             logger.info("stream opened", extra={**self._log_fields, "after_id": self._after_id})
-            try:
-                reason = await self._run(connection, receive)
-                if reason == _CLIENT_STOPPED_READING:
-                    # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
-                    # this one ended incomplete and closes the connection.
-                    logger.warning("dropping slow client", extra=self._log_fields)
-            finally:
-                connection.close()
-                logger.info("stream closed", extra={**self._log_fields, "reason": reason})
+            reason = await self._run(connection, receive)
+            if reason == _CLIENT_STOPPED_READING:
+                # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
+                # this one ended incomplete and closes the connection.
+                logger.warning("dropping slow client", extra=self._log_fields)
+        finally:
+            connection.close()
+            OPEN_STREAMS.dec()
+            self._drain.stream_closed()
+            lease.release()
+            logger.info("stream closed", extra={**self._log_fields, "reason": reason})
 
     async def _run(self, connection: _Connection, receive: Receive) -> str:
         """Stream until the pump ends or an interruption cancels it; return why the stream ended."""
         disconnect = asyncio.create_task(_wait_for_disconnect(receive), name="sse-disconnect")
         disconnect.add_done_callback(connection.client_disconnected)
         self._drain.add_listener(connection)
+        connection.interruptible = True
         try:
-            reason = await connection.run_interruptibly(self._stream(connection))
+            reason = await self._pump(connection)
+        except asyncio.CancelledError:
+            interruption = connection.take_interruption()
+            if interruption is None:
+                raise
+            reason = interruption
         finally:
+            connection.interruptible = False
             self._drain.remove_listener(connection)
             await _cancel_and_wait((disconnect,))
 
@@ -252,15 +242,12 @@ class SseStream:
             return _CLIENT_STOPPED_READING
         return reason
 
-    async def _stream(self, connection: _Connection) -> str:
+    async def _pump(self, connection: _Connection) -> str:
+        """Send the stream's events, with keep-alives while idle, until END, a broker failure or a lag."""
         await connection.start()
         await connection.frame(RETRY_FRAME, "retry")
         if self._drain.is_draining:
             return _SERVER_DRAINING
-        return await self._pump(connection)
-
-    async def _pump(self, connection: _Connection) -> str:
-        """Send the stream's events, with keep-alives while idle, until END, a broker failure or a lag."""
         try:
             subscription = await self._feed.subscribe(self._stream_key, self._after_id)
         except BrokerUnavailable as error:
