@@ -7,6 +7,7 @@ one line per message would drown everything else at the rates publishers send.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -84,6 +85,18 @@ def _uuid_field(raw: str) -> str:
     return describe_value(raw)
 
 
+@functools.cache
+def _door_metrics(front_door: FrontDoor) -> tuple[Gauge, Histogram]:
+    """Return the in-flight gauge and duration histogram of one front door; labels() costs a lock each call."""
+    return PUBLISHES_IN_FLIGHT.labels(front_door), PUBLISH_DURATION.labels(front_door)
+
+
+@functools.cache
+def _outcome_counter(front_door: FrontDoor, outcome: str) -> Counter:
+    """Return the counter of one front door and outcome; both label sets are finite."""
+    return PUBLISHES.labels(front_door, outcome)
+
+
 def outcome_of(error: BaseException) -> str:
     """Return the metric label for how a publish that raised ``error`` ended."""
     for error_class, outcome in _OUTCOMES.items():
@@ -156,7 +169,7 @@ class PublishAttempt:
 
     def __enter__(self) -> PublishAttempt:
         self._started = time.perf_counter()
-        PUBLISHES_IN_FLIGHT.labels(self.front_door).inc()
+        _door_metrics(self.front_door)[0].inc()
         return self
 
     def __exit__(
@@ -165,19 +178,20 @@ class PublishAttempt:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        PUBLISHES_IN_FLIGHT.labels(self.front_door).dec()
-        PUBLISH_DURATION.labels(self.front_door).observe(time.perf_counter() - self._started)
+        in_flight, duration = _door_metrics(self.front_door)
+        in_flight.dec()
+        duration.observe(time.perf_counter() - self._started)
 
         if error is None:
-            PUBLISHES.labels(self.front_door, "accepted").inc()
+            _outcome_counter(self.front_door, "accepted").inc()
             return
         if not isinstance(error, Exception):
             # Cancelled: the caller went away or the server is stopping.
-            PUBLISHES.labels(self.front_door, "cancelled").inc()
+            _outcome_counter(self.front_door, "cancelled").inc()
             return
 
         outcome = outcome_of(error)
-        PUBLISHES.labels(self.front_door, outcome).inc()
+        _outcome_counter(self.front_door, outcome).inc()
         if outcome == "internal":
             logger.error("publish failed", exc_info=error, extra={"front_door": self.front_door, **self._ids})
             return
