@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python -m bench.profile http           # HTTP shim publishes
+    .venv/bin/python -m bench.profile grpc_unary     # unary Publish calls
     .venv/bin/python -m bench.profile grpc_stream    # PublishStream publishes
     .venv/bin/python -m bench.profile fanout         # gateway, 1,000 subscribers of one channel
 
@@ -49,9 +50,10 @@ def _top_frames(raw_path: Path, count: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("load", choices=["http", "grpc_stream", "fanout"])
+    parser.add_argument("load", choices=["http", "grpc_unary", "grpc_stream", "fanout"])
     parser.add_argument("--seconds", type=float, default=6.0, help="load and recording time (default 6)")
     parser.add_argument("--top", type=int, default=20, help="frames to print (default 20)")
+    parser.add_argument("--native", action="store_true", help="include native frames (C extensions)")
     args = parser.parse_args()
     runner.raise_open_file_limit()
 
@@ -82,8 +84,10 @@ def main() -> int:
             print(f"{group.connect()} subscribers connected", file=sys.stderr)
 
         spy = subprocess.Popen(
-            [str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "-f", "raw",
-             "-d", str(int(args.seconds)), "-p", str(process.pid), "-o", str(raw_path)],
+            [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw",
+             "-d", str(int(args.seconds)), "-p", str(process.pid), "-o", str(raw_path),
+             # py-spy reads native stacks only from a stopped process.
+             *(["--native"] if args.native else ["--nonblocking"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         before = process_stats([process.pid])
@@ -94,7 +98,11 @@ def main() -> int:
             results = group.finish(messages, time.perf_counter() + 10)
             operations = sum(len(received) for result in results for received in result["received"])
         else:
-            function = loadgen.http_publish_load if args.load == "http" else loadgen.grpc_stream_load
+            function = {
+                "http": loadgen.http_publish_load,
+                "grpc_unary": loadgen.grpc_unary_load,
+                "grpc_stream": loadgen.grpc_stream_load,
+            }[args.load]
             channels = [str(uuid.uuid4()) for _ in range(64)]
             counts = loadgen.run_in_processes(function, [(target, 4, args.seconds, channels)] * 2, args.seconds + 60)
             operations = sum(c["ok"] for c in counts)
