@@ -58,9 +58,12 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         The token is checked on every message, which the verifier's cache makes
         cheap, so a stream stops being accepted once its token expires.
         """
+        # The metadata of a call is fixed, so the header is looked up once.
+        authorization = _authorization(context)
         try:
             async for stream_id in publish_pipelined(
-                request_iterator, lambda request, before_append: self._publish(request, context, before_append)
+                request_iterator,
+                lambda request, before_append: self._publish(request, authorization, before_append),
             ):
                 yield PublishResponse(stream_id=stream_id)
         except ConduitError as error:
@@ -74,7 +77,7 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
 
     async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
         try:
-            stream_id = await self._publish(request, context)
+            stream_id = await self._publish(request, _authorization(context))
         except ConduitError as error:
             await _abort(context, error)
         except _LoggedFailure:
@@ -85,12 +88,12 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         return PublishResponse(stream_id=stream_id)
 
     async def _publish(
-        self, request: bytes, context: grpc.aio.ServicerContext, before_append: BeforeAppend | None = None
+        self, request: bytes, authorization: str | None, before_append: BeforeAppend | None = None
     ) -> str:
         try:
             with self._publisher.attempt("grpc") as attempt:
                 try:
-                    self._publisher.authenticate(_authorization(context))
+                    self._publisher.authenticate(authorization)
                 except Unauthenticated:
                     # The rejection is logged with the stream's ids when the body names them.
                     attempt.note_body(request)
