@@ -77,6 +77,7 @@ class HubFeed(Feed):
         self._channels: dict[str, Channel] = {}
         self._readers: dict[str, ChannelReader] = {}
         self._stopping: set[ChannelReader] = set()
+        self._opening: dict[str, asyncio.Future[None]] = {}
         self._closed = False
         # Ends the live waits of all subscriptions with one timer.
         self._wait_deadlines = Deadlines()
@@ -112,6 +113,8 @@ class HubFeed(Feed):
         for subscriber in subscribers:
             subscriber.fail(BrokerUnavailable("the gateway is shutting down"))
         self._channels.clear()
+        for stream in list(self._opening):
+            self.end_opening(stream)
         self._wait_deadlines.close()
 
     def join(self, subscription: HubSubscription) -> str | None:
@@ -134,6 +137,17 @@ class HubFeed(Feed):
             reader = self._readers[group] = ChannelReader(self._broker, group, self._read_policy, self._reader_stopped)
         reader.add(channel)
         return last_id
+
+    def opening(self, stream: str) -> asyncio.Future[None] | None:
+        return self._opening.get(stream)
+
+    def begin_opening(self, stream: str) -> None:
+        self._opening[stream] = asyncio.get_running_loop().create_future()
+
+    def end_opening(self, stream: str) -> None:
+        opening = self._opening.pop(stream, None)
+        if opening is not None and not opening.done():
+            opening.set_result(None)
 
     def leave(self, subscription: HubSubscription) -> None:
         channel = self._channels.get(subscription.stream)

@@ -69,6 +69,15 @@ class ChannelRegistry(Protocol):
     def open_channel(self, subscription: HubSubscription, last_id: str) -> str:
         """Open the channel at ``last_id`` unless it opened meanwhile, add ``subscription`` and return the position."""
 
+    def opening(self, stream: str) -> asyncio.Future[None] | None:
+        """Return the future that ends when another subscription finishes opening ``stream``; None when none is."""
+
+    def begin_opening(self, stream: str) -> None:
+        """Record that the caller is opening ``stream``; ``end_opening`` must follow."""
+
+    def end_opening(self, stream: str) -> None:
+        """Wake the subscriptions that wait for ``stream`` to open, whether it opened or not."""
+
     def leave(self, subscription: HubSubscription) -> None:
         """Remove ``subscription`` from its channel; the channel closes with its last subscriber."""
 
@@ -216,11 +225,22 @@ class HubSubscription(Subscription):
         return await self._replay_page()
 
     async def _join(self) -> None:
-        position = self._registry.join(self)
-        if position is None:
-            info = await self._broker.info(self.stream)
-            last_id = info.last_id if info is not None and info.last_id is not None else _START_ID
-            position = self._registry.open_channel(self, last_id)
+        # Subscribers that arrive together wait for the first one to open the
+        # channel, so a burst of joins costs one broker call and one pooled
+        # connection instead of one of each per subscriber.
+        while (position := self._registry.join(self)) is None:
+            opening = self._registry.opening(self.stream)
+            if opening is not None:
+                await asyncio.shield(opening)
+                continue
+            self._registry.begin_opening(self.stream)
+            try:
+                info = await self._broker.info(self.stream)
+                last_id = info.last_id if info is not None and info.last_id is not None else _START_ID
+                position = self._registry.open_channel(self, last_id)
+            finally:
+                self._registry.end_opening(self.stream)
+            break
         self._live_from = parse_entry_id(position)
         if self._cursor_key >= self._live_from:
             self._replaying = False

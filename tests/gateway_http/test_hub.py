@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from broker.base import Broker
+from broker.instrumented import InstrumentedBroker
 from broker.keys import stream_key
 from conduit.v1alpha import publish_pb2
 from gateway_http.feed import SubscriberLagging
@@ -171,6 +172,27 @@ async def test_hub_encodes_live_entries_once(hub: HubFeed, broker: Broker, strea
         assert all(mine is first for mine, first in zip(events, results[0], strict=True))
     for subscription in subscriptions:
         await subscription.close()
+
+
+async def test_hub_concurrent_joins_open_channel_once(broker: Broker, stream: str, channel_id: str) -> None:
+    # The broker fixture comes from create_broker, which records each call in the broker metrics.
+    assert isinstance(broker, InstrumentedBroker)
+    hub = HubFeed(broker, max_stream_len=MAX_STREAM_LEN)
+    info_calls = {"operation": "info"}
+    info_before = REGISTRY.get_sample_value("conduit_broker_duration_seconds_count", info_calls) or 0
+    try:
+        subscriptions = [await hub.subscribe(stream, "0-0") for _ in range(20)]
+        tasks = [asyncio.create_task(collect(subscription, 1)) for subscription in subscriptions]
+        await wait_until(lambda: hub.subscriber_count(stream) == 20)
+
+        assert REGISTRY.get_sample_value("conduit_broker_duration_seconds_count", info_calls) == info_before + 1
+        await publish(broker, channel_id, sequence=0)
+        results = [await task for task in tasks]
+        assert all(sequences(events) == [0] for events in results)
+        for subscription in subscriptions:
+            await subscription.close()
+    finally:
+        await hub.close()
 
 
 async def test_hub_slow_subscriber_dropped_others_continue(
