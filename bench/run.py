@@ -290,24 +290,29 @@ def redis_ceiling(redis: RedisServer, requests: int) -> dict[str, float]:
 _KEYS: dict[str, str] = {}
 
 
+SCENARIOS = ("idle", "publish", "fanout", "many")
+_selected: set[str] = set(SCENARIOS)
+
+
 def run_target(name: str, target: Target, pids: dict[str, list[int]], redis: RedisServer, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     # Idle connections come first: a server that served earlier scenarios
     # reuses their freed memory, which hides the cost of a new connection.
-    for count in sizes.idle_counts:
+    for count in sizes.idle_counts if "idle" in _selected else ():
         log(f"{name}: {count} idle subscribers")
         results[f"idle_{count}"] = scenario_idle(target, count, pids["deliver"], redis, sizes)
     publish_kinds = ["http", "grpc_unary", "grpc_stream"] if target.kind == "conduit" else ["http"]
-    for kind in publish_kinds:
+    for kind in publish_kinds if "publish" in _selected else ():
         log(f"{name}: publish {kind}")
         results[f"publish_{kind}"] = scenario_publish(kind, target, pids["publish"], redis, sizes)
-    for count in sizes.fanout_counts:
+    for count in sizes.fanout_counts if "fanout" in _selected else ():
         log(f"{name}: fan-out to {count}")
         results[f"fanout_{count}"] = scenario_fanout(target, count, pids["deliver"], redis, sizes)
         redis.cli("FLUSHALL")
-    log(f"{name}: {sizes.many_channels} channels")
-    results["many_channels"] = scenario_many_channels(target, pids["deliver"], redis, sizes)
-    redis.cli("FLUSHALL")
+    if "many" in _selected:
+        log(f"{name}: {sizes.many_channels} channels")
+        results["many_channels"] = scenario_many_channels(target, pids["deliver"], redis, sizes)
+        redis.cli("FLUSHALL")
     return results
 
 
@@ -433,8 +438,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes per Conduit role (default 1)")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep Conduit's server logs here (default: a temporary folder)")
     parser.add_argument("--skip-nchan", action="store_true", help="measure Conduit and Redis only")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} to run (default: all); the Redis ceiling always runs",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
+    chosen = {name.strip() for name in args.scenarios.split(",") if name.strip()}
+    if not chosen or chosen - set(SCENARIOS):
+        parser.error(f"--scenarios takes names from {','.join(SCENARIOS)}, got {args.scenarios!r}")
+    _selected.intersection_update(chosen)
 
     def log(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
