@@ -139,21 +139,41 @@ class PublishAttempt:
 
     def __init__(self, front_door: FrontDoor) -> None:
         self.front_door = front_door
-        self._ids: dict[str, object] = {}
+        # The raw ids are kept and formatted only for a log line, because
+        # most publishes are accepted and never logged.
+        self._path: tuple[str, str] | None = None
+        self._request: PublishRequest | None = None
+        self._publish: ValidatedPublish | None = None
         self._started = 0.0
 
     def note_path(self, org_id: str, channel_id: str) -> None:
         """Record the ids of an HTTP path before they are validated: well-formed ones as values, others quoted."""
-        self._ids["org_id"] = _org_id_field(org_id)
-        self._ids["channel_id"] = _uuid_field(channel_id)
+        self._path = (org_id, channel_id)
 
     def note_request(self, request: PublishRequest) -> None:
         """Record the ids of a decoded request before they are validated: well-formed ones as values, others quoted."""
-        if request.org_id:
-            self._ids["org_id"] = request.org_id
-        if request.channel_id:
-            self._ids["channel_id"] = _uuid_field(request.channel_id)
-        self._ids["message_id"] = _uuid_field(request.message_id)
+        self._request = request
+
+    def _ids(self) -> dict[str, object]:
+        """Return the ids noted so far as log fields; later notes win over earlier ones."""
+        if self._publish is not None:
+            return {
+                "org_id": self._publish.org_id,
+                "channel_id": self._publish.channel_id,
+                "message_id": self._publish.message_id,
+            }
+        ids: dict[str, object] = {}
+        if self._path is not None:
+            ids["org_id"] = _org_id_field(self._path[0])
+            ids["channel_id"] = _uuid_field(self._path[1])
+        request = self._request
+        if request is not None:
+            if request.org_id:
+                ids["org_id"] = request.org_id
+            if request.channel_id:
+                ids["channel_id"] = _uuid_field(request.channel_id)
+            ids["message_id"] = _uuid_field(request.message_id)
+        return ids
 
     def note_body(self, data: bytes) -> None:
         """Record the ids of an encoded request when it decodes; for rejections that come before decoding."""
@@ -165,7 +185,7 @@ class PublishAttempt:
 
     def note_publish(self, publish: ValidatedPublish) -> None:
         """Record the validated ids."""
-        self._ids = {"org_id": publish.org_id, "channel_id": publish.channel_id, "message_id": publish.message_id}
+        self._publish = publish
 
     def __enter__(self) -> PublishAttempt:
         self._started = time.perf_counter()
@@ -193,14 +213,14 @@ class PublishAttempt:
         outcome = outcome_of(error)
         _outcome_counter(self.front_door, outcome).inc()
         if outcome == "internal":
-            logger.error("publish failed", exc_info=error, extra={"front_door": self.front_door, **self._ids})
+            logger.error("publish failed", exc_info=error, extra={"front_door": self.front_door, **self._ids()})
             return
 
         level = logging.WARNING if isinstance(error, BrokerUnavailable) else logging.INFO
         limiter = _limiters[level]
         if not limiter.allow():
             return
-        fields: dict[str, object] = {"front_door": self.front_door, "reason": outcome, **self._ids}
+        fields: dict[str, object] = {"front_door": self.front_door, "reason": outcome, **self._ids()}
         if limiter.suppressed:
             fields["suppressed"] = limiter.suppressed
             limiter.suppressed = 0
