@@ -38,9 +38,10 @@ DEFAULT_MAX_BLOCK_MS = 2000
 TRACKING_REFRESH_S = 1.0
 """Seconds after tracking a stream during which its publishes skip the tracking ZADD.
 
-It must stay well below the cleanup idle time (CLEANUP_STREAM_IDLE_SEC): a
-tracking score is then at most this much older than the stream's last entry,
-and the sweep checks the stream's own newest entry before deleting it."""
+A tracking score is then up to this much (plus its whole-second rounding)
+older than the stream's newest entry. The sweep checks that entry before
+deleting a stream, so any value is safe. One well below the cleanup idle time
+(CLEANUP_STREAM_IDLE_SEC) keeps live streams out of the sweep's candidates."""
 
 # Streams remembered as tracked, per process; past this the oldest is forgotten
 # and simply tracked again on its next publish.
