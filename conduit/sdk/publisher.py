@@ -285,7 +285,27 @@ def grpc_error(error: grpc.aio.AioRpcError) -> PublishRejected | PublishUnreacha
     details = error.details() or "no details"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return PublishUnreachable("timeout", f"gRPC {name}: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE and _is_transport_failure(details):
+        return PublishUnreachable("unreachable", f"gRPC {name}: {details}")
     return PublishRejected(f"gRPC {name}", details)
+
+
+# grpc core's wording when no connection to the server could be made or kept. The
+# service itself also answers UNAVAILABLE (broker unreachable), with its own message,
+# and that answer is a rejection with a status, like HTTP 503.
+_TRANSPORT_FAILURE_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "dns resolution failed",
+    "socket closed",
+    "connection reset",
+    "connections to all backends failing",
+)
+
+
+def _is_transport_failure(details: str) -> bool:
+    lowered = details.lower()
+    return any(marker in lowered for marker in _TRANSPORT_FAILURE_MARKERS)
 
 
 def _phase(phase: str | int) -> int:

@@ -154,6 +154,15 @@ async def test_http_publish_unreachable_raises_unreachable(channel_id: str) -> N
     assert "ConnectError" in caught.value.message
 
 
+async def test_grpc_publish_unreachable_raises_unreachable(channel_id: str) -> None:
+    async with GrpcPublisher(f"127.0.0.1:{free_port()}", "token", org_id=ORG_ID, timeout_s=5) as publisher:
+        with pytest.raises(PublishUnreachable) as caught:
+            await publisher.send(channel_id, "start", sequence=1)
+
+    assert caught.value.status == "unreachable"
+    assert "UNAVAILABLE" in caught.value.message
+
+
 async def test_publisher_bad_phase_raises_value_error(service: Service, channel_id: str) -> None:
     async with grpc_publisher(service, service.publisher_token()) as publisher:
         with pytest.raises(ValueError, match="phase must be one of start, delta, end, error, got 'middle'"):
