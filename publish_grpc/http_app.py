@@ -13,8 +13,8 @@ Litestar's routing, handler signature and response objects cost more CPU than
 the publish itself (docs/benchmarks.md). Every other request, including the
 lifespan events, a publish path with another method (405, or 204 for
 OPTIONS), and /healthz, /readyz and /metrics, goes to Litestar, which also
-has the publish route. Both run ``_publish`` and answer alike: the same
-statuses, bodies and headers.
+has the publish route. Both run ``_publish`` and return the same statuses,
+bodies and headers.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class _PublishRoute:
             await _send_error(send, error)
             return
         except Exception:
-            # PublishAttempt has logged it with the ids; the client gets Litestar's generic 500.
-            await _send(send, 500, [(b"content-type", b"application/json")], _INTERNAL_ERROR_BODY)
+            # PublishAttempt has logged it with the ids. The client gets the
+            # generic 500 that Litestar sends for a text route, content type included.
+            await _send(send, 500, [_TEXT_PLAIN], _INTERNAL_ERROR_BODY)
             return
         await _send(send, 200, [_TEXT_PLAIN], stream_id.encode())
 

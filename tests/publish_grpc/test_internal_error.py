@@ -1,4 +1,4 @@
-"""An unexpected exception in a gRPC call: INTERNAL with a generic message, logged with the ids."""
+"""An unexpected exception in a publish: INTERNAL or a generic 500, logged with the ids."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 import redis
 
@@ -69,4 +70,24 @@ async def test_internal_error_stream_returns_internal(
     assert caught.value.details() == INTERNAL_ERROR_MESSAGE
     [record] = failure_records(caplog)
     assert record.channel_id == request.channel_id  # type: ignore[attr-defined]
+    assert stream_keys(redis_client) == []
+
+
+async def test_internal_error_http_returns_generic_500(
+    failing_check: None, http: httpx.AsyncClient, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = make_request()
+
+    with caplog.at_level(logging.ERROR, logger="publish_grpc"):
+        response = await http.post(
+            f"/publish/{ORG_ID}/{request.channel_id}",
+            content=request.SerializeToString(),
+            headers={"authorization": bearer()},
+        )
+
+    assert response.status_code == 500
+    assert response.text == '{"status_code":500,"detail":"Internal Server Error"}'
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    [record] = failure_records(caplog)
+    assert record.message_id == request.message_id  # type: ignore[attr-defined]
     assert stream_keys(redis_client) == []
