@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Mapping
@@ -186,6 +187,7 @@ def format_banner(stack: DevStack, state_dir: Path, *, channel_id: str | None = 
     broker = "Redis at REDIS_URL" if stack.settings.broker.redis_url else "embedded in-memory broker"
 
     flags = _client_flags(stack, state_dir)
+    conduit = _conduit_command()
     ids = f"--org-id {DEMO_ORG_ID} --channel-id {channel_id}"
     tail_flags = " ".join(filter(None, [ids, flags["gateway"], flags["state"]]))
     send_flags = " ".join(filter(None, [ids, flags["publish"], flags["state"]]))
@@ -206,12 +208,28 @@ def format_banner(stack: DevStack, state_dir: Path, *, channel_id: str | None = 
         f"  subscriber token: {subscriber_token}",
         "",
         "Try it, each in its own terminal:",
-        f"  conduit tail {tail_flags}",
-        f"  conduit send {send_flags} --demo",
+        f"  {conduit} tail {tail_flags}",
+        f"  {conduit} send {send_flags} --demo",
         f"  curl -N '{events_url}'",
         "",
     ]
     return "\n".join(lines)
+
+
+def _conduit_command() -> str:
+    """Return how to call this same ``conduit`` from the current folder.
+
+    ``conduit`` alone when the shell finds this executable on PATH, else its
+    path (such as ``.venv/bin/conduit``), so the printed commands work as pasted.
+    """
+    executable = Path(sys.argv[0])
+    if executable.name != "conduit":
+        return "conduit"
+    on_path = shutil.which("conduit")
+    if on_path is not None and Path(on_path).resolve() == executable.resolve():
+        return "conduit"
+    relative = os.path.relpath(executable)
+    return str(executable.resolve()) if relative.startswith("..") else relative
 
 
 def _client_flags(stack: DevStack, state_dir: Path) -> dict[str, str]:
