@@ -17,18 +17,28 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from broker import create_broker
 from broker.base import Broker
+from conduit.errors import BrokerUnavailable
 from conduit.settings import Settings
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
-__all__ = ["SERVE_ROLES", "SHUTDOWN_GRACE_S", "ServeRole", "create_server", "serve", "stop_on_signals"]
+__all__ = [
+    "SERVE_ROLES",
+    "SHUTDOWN_GRACE_S",
+    "ServeRole",
+    "check_broker_reachable",
+    "create_server",
+    "serve",
+    "stop_on_signals",
+]
 
 logger = logging.getLogger(__name__)
 
 ServeRole = Literal["publish", "gateway", "cleanup"]
 SERVE_ROLES: tuple[ServeRole, ...] = ("publish", "gateway", "cleanup")
 SHUTDOWN_GRACE_S = 10.0
+_STARTUP_PING_TIMEOUT_S = 1.0
 
 
 class Server(Protocol):
@@ -92,6 +102,7 @@ async def serve(role: ServeRole, settings: Settings, stopping: asyncio.Event) ->
     """Start ``role`` on a new broker, run it until ``stopping`` is set, then stop it and close the broker."""
     broker = create_broker(settings.broker)
     try:
+        await check_broker_reachable(broker)
         if role == "cleanup":
             await _run_cleanup(broker, settings, stopping)
         else:
@@ -99,6 +110,23 @@ async def serve(role: ServeRole, settings: Settings, stopping: asyncio.Event) ->
     finally:
         await broker.close()
         logger.info("stopped", extra={"role": role})
+
+
+async def check_broker_reachable(broker: Broker) -> bool:
+    """Ping the broker once at start-up and log a WARNING when it does not respond.
+
+    The role starts either way, because Redis may come up later; until then
+    /readyz reports 503 and publishes answer 503. Returns whether the ping succeeded.
+    """
+    try:
+        await asyncio.wait_for(broker.ping(), _STARTUP_PING_TIMEOUT_S)
+    except (BrokerUnavailable, TimeoutError) as error:
+        logger.warning(
+            "broker not reachable at start-up; check REDIS_URL. Serving anyway, /readyz reports 503 until it responds",
+            extra={"error": str(error) or type(error).__name__},
+        )
+        return False
+    return True
 
 
 async def _run_server(server: Server, stopping: asyncio.Event) -> None:

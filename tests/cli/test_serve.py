@@ -14,9 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from broker import create_broker
 from conduit.cli import main
+from conduit.serve import check_broker_reachable
+from conduit.settings import BrokerSettings
 from conduit.tokens import generate_rsa_key_pair
 from tests.cli.conftest import CONDUIT_VARIABLES
+from tests.redis_process import free_port
 
 _START_TIMEOUT_S = 20
 _STOP_TIMEOUT_S = 20
@@ -253,3 +257,30 @@ def test_serve_cleanup_stops_on_sigint(redis_url: str, tmp_path: Path, run_serve
 
     assert status == 0
     assert '"message": "stopped"' in cleanup.log_path.read_text()
+
+
+async def test_serve_unreachable_broker_logs_warning(caplog: pytest.LogCaptureFixture) -> None:
+
+    broker = create_broker(BrokerSettings(redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0"))
+    try:
+        with caplog.at_level("WARNING", logger="conduit.serve"):
+            reachable = await check_broker_reachable(broker)
+    finally:
+        await broker.close()
+
+    assert reachable is False
+    assert "broker not reachable at start-up; check REDIS_URL" in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+async def test_serve_reachable_broker_logs_nothing(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+
+    broker = create_broker(BrokerSettings(redis_url=redis_url))
+    try:
+        with caplog.at_level("WARNING", logger="conduit.serve"):
+            reachable = await check_broker_reachable(broker)
+    finally:
+        await broker.close()
+
+    assert reachable is True
+    assert caplog.text == ""
