@@ -11,6 +11,12 @@ When a request carries both a ``Last-Event-ID`` header and a ``last_event_id``
 query parameter, the header wins: a browser's EventSource reconnects to the
 same URL and puts the newest id it saw in the header, so the query value is the
 older one. Both are validated.
+
+Litestar validates a request for ``/events`` and answers its errors, but the
+stream itself runs after Litestar has returned (``_GatewayApp``): an open
+stream then holds none of Litestar's per-request objects and middleware
+frames, and its frames go straight to the server's ``send``. The stream adds
+the CORS headers that Litestar's CORS middleware would have added.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery
-from litestar.types import ControllerRouterHandler, Scope
+from litestar.datastructures import Headers
+from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
 from broker.base import Broker
 from broker.keys import stream_key
@@ -43,6 +50,8 @@ __all__ = ["create_app"]
 logger = logging.getLogger(__name__)
 
 _STREAM_START_ID = "0-0"
+# Scope key under which a validated /events request hands its stream to _GatewayApp.
+_HANDOFF_KEY = "conduit.sse_stream"
 
 
 def create_app(
@@ -81,7 +90,7 @@ def create_app(
         token: FromQuery[str | None] = None,
         channel_id: FromQuery[str | None] = None,
         last_event_id: FromQuery[str | None] = None,
-    ) -> SseStream:
+    ) -> _StreamHandoff:
         org = parse_org_id(org_id)
         channel = parse_channel_id(channel_id)
         header_after_id = parse_last_event_id(request.headers.get("last-event-id"))
@@ -89,7 +98,7 @@ def create_app(
 
         verifier.authorize(token, org_id=org, channel_id=channel)
 
-        return SseStream(
+        return _StreamHandoff(SseStream(
             feed=feed,
             stream=stream_key(org, channel),
             after_id=header_after_id or query_after_id or _STREAM_START_ID,
@@ -100,7 +109,7 @@ def create_app(
             send_deadlines=send_deadlines,
             keepalive_interval_s=keepalive_interval_s,
             send_timeout_s=send_timeout_s,
-        )
+        ))
 
     if cors_allow_all_methods:
         cors = CORSConfig(allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
@@ -109,7 +118,7 @@ def create_app(
         # reconnect that sends it needs a preflight that allows it.
         cors = CORSConfig(allow_origins=["*"], allow_methods=["GET"], allow_headers=["last-event-id", "cache-control"])
 
-    return Litestar(
+    return _GatewayApp(
         route_handlers=[
             events,
             *health_handlers(broker, is_draining=lambda: drain.is_draining),
@@ -122,6 +131,66 @@ def create_app(
         # Logging is configured once per process by conduit.logs.
         logging_config=None,
     )
+
+
+class _StreamHandoff:
+    """The response of a valid /events request: passes its stream to ``_GatewayApp`` to run."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: SseStream) -> None:
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handoff = scope.get(_HANDOFF_KEY)  # type: ignore[misc]
+        if isinstance(handoff, list):
+            handoff.append(self.stream)
+        else:
+            # Called by something other than _GatewayApp: stream inside Litestar.
+            await self.stream(scope, receive, send)
+
+
+class _GatewayApp(Litestar):
+    """Litestar, with SSE streams run after Litestar returns; see the module docstring."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        handoff: list[SseStream] = []
+        scope_keys = set(scope)
+        state_keys = set(scope.get("state", ()))
+        scope[_HANDOFF_KEY] = handoff  # type: ignore[literal-required]
+        await super().__call__(scope, receive, send)
+        if handoff:
+            stream = handoff.pop()
+            extra_headers = _cors_headers(self.cors_config, scope)
+            # Drop what Litestar cached in the scope for this request, which
+            # would otherwise stay in memory as long as the stream is open.
+            for key in set(scope) - scope_keys:
+                del scope[key]  # type: ignore[misc]
+            state = scope.get("state", {})
+            for key in set(state) - state_keys:
+                del state[key]
+            del scope_keys, state_keys, state
+            await stream.serve(scope, receive, send, extra_headers=extra_headers)
+
+
+def _cors_headers(cors: CORSConfig | None, scope: Scope) -> list[tuple[bytes, bytes]]:
+    """Return the headers that Litestar's CORS middleware adds to the start of a response to ``scope``."""
+    headers = Headers.from_scope(scope)
+    origin = headers.get("origin")
+    if cors is None or not origin:
+        return []
+    added = dict(cors.simple_headers)
+    if (cors.is_allow_all_origins and "cookie" in headers) or (
+        not cors.is_allow_all_origins and cors.is_origin_allowed(origin)
+    ):
+        added["Access-Control-Allow-Origin"] = origin
+        added["Vary"] = "Origin"
+    added["Access-Control-Allow-Headers"] = ", ".join(sorted(set(cors.allow_headers)))
+    added["Access-Control-Allow-Methods"] = ", ".join(sorted(set(cors.allow_methods)))
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in added.items()]
 
 
 def _conduit_error_response(request: Request[object, object, object], error: ConduitError) -> Response[dict[str, object]]:

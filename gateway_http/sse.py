@@ -75,10 +75,11 @@ class _Connection:
     ``interrupt`` cancels that task and records why in ``stop_reason``.
     """
 
-    __slots__ = ("_deadlines", "_send", "_task", "_timeout_s", "interruptible", "stop_reason")
+    __slots__ = ("_deadlines", "_headers", "_send", "_task", "_timeout_s", "interruptible", "stop_reason")
 
-    def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float) -> None:
+    def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float, headers: list[tuple[bytes, bytes]]) -> None:
         self._send = send
+        self._headers = headers
         self._deadlines = deadlines
         self._timeout_s = timeout_s
         self._task = asyncio.current_task()
@@ -106,7 +107,7 @@ class _Connection:
         self.interrupt(_CLIENT_DISCONNECTED)
 
     async def start(self) -> None:
-        await self._call({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await self._call({"type": "http.response.start", "status": 200, "headers": self._headers})
 
     async def frame(self, frame: bytes, kind: EventKind) -> None:
         await self._call({"type": "http.response.body", "body": frame, "more_body": True})
@@ -182,14 +183,23 @@ class SseStream:
         self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, *, extra_headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Run the response; ``extra_headers`` go on its start, such as the CORS headers that the app adds."""
         # The connection counts from here to the return, so no path can leave it counted.
         client = scope.get("client")
         try:
             lease = self._limiter.acquire(client[0] if client else None, self._token_key)
         except ConnectionLimitExceeded as error:
-            await _send_rejection(send, error, str(scope.get("path")), self._log_fields, self._send_timeout_s)
+            await _send_rejection(
+                send, error, str(scope.get("path")), self._log_fields, self._send_timeout_s, extra_headers or []
+            )
             return
-        connection = _Connection(send, self._send_deadlines, self._send_timeout_s)
+        headers = [*_HEADERS, *extra_headers] if extra_headers else _HEADERS
+        connection = _Connection(send, self._send_deadlines, self._send_timeout_s, headers)
         reason = "cancelled"
         # Plain calls instead of context managers: an open stream keeps every
         # frame of its coroutines in memory, and each level costs some.
@@ -292,12 +302,21 @@ async def _cancel_and_wait(tasks: tuple[asyncio.Task[object], ...]) -> None:
 
 
 async def _send_rejection(
-    send: Send, error: ConnectionLimitExceeded, path: str, log_fields: dict[str, object], timeout_s: float
+    send: Send,
+    error: ConnectionLimitExceeded,
+    path: str,
+    log_fields: dict[str, object],
+    timeout_s: float,
+    extra_headers: list[tuple[bytes, bytes]],
 ) -> None:
     """Send a 429 shaped like the app's other error responses, in place of the stream."""
     logger.info("request rejected", extra={"path": path, **log_fields, "status_code": 429, "error": error.message})
     body = json.dumps({"status_code": 429, "detail": error.message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"retry-after", error.retry_after_header.encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", error.retry_after_header.encode()),
+        *extra_headers,
+    ]
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             await send({"type": "http.response.start", "status": 429, "headers": headers})
