@@ -9,10 +9,14 @@ implementation (``gateway_http.hub.HubFeed``).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 
 from gateway_http.events import SseEvent
 
-__all__ = ["Feed", "SubscriberLagging", "Subscription"]
+__all__ = ["Feed", "LiveSink", "SubscriberLagging", "Subscription"]
+
+LiveSink = Callable[[list[SseEvent]], bool]
+"""Takes live events straight from the reader, without waking the consumer; returns False to decline them."""
 
 
 class SubscriberLagging(Exception):
@@ -39,6 +43,14 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release what the subscription holds; safe to call more than once and after a failure."""
+
+    def set_sink(self, sink: LiveSink | None) -> None:  # noqa: B027 - optional; the default delivers through next_batch
+        """Offer ``sink`` the live events that arrive while the consumer waits in ``next_batch`` with nothing queued.
+
+        Events the sink accepts are delivered and never returned by
+        ``next_batch``; declined ones are queued as usual. The sink must not
+        block. An implementation may ignore the sink.
+        """
 
 
 class Feed(abc.ABC):

@@ -32,7 +32,7 @@ from conduit.errors import BrokerUnavailable
 from gateway_http.deadlines import Deadlines
 from gateway_http.encoding import encode_entries
 from gateway_http.events import ENTRIES_MISSED, SseEvent, control_event, is_start_entry
-from gateway_http.feed import SubscriberLagging, Subscription
+from gateway_http.feed import LiveSink, SubscriberLagging, Subscription
 from gateway_http.metrics import LAGGING_SUBSCRIBERS
 from gateway_http.retry import RetryBudget
 
@@ -106,7 +106,8 @@ class HubSubscription(Subscription):
 
     __slots__ = (
         "_broker", "_budget", "_closed", "_cursor", "_cursor_key", "_failure", "_live_from", "_policy",
-        "_queue", "_registry", "_replaying", "_trim_checked", "_wait_deadlines", "_waiter", "stream",
+        "_queue", "_registry", "_replaying", "_sink", "_trim_checked", "_wait_deadlines", "_wait_timeout_s", "_waiter",
+        "stream",
     )
 
     def __init__(
@@ -130,12 +131,29 @@ class HubSubscription(Subscription):
         self._trim_checked = False
         self._queue: list[SseEvent] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._wait_timeout_s = 0.0
+        self._sink: LiveSink | None = None
         self._failure: Exception | None = None
         self._closed = False
         self._budget: RetryBudget | None = None
 
     def deliver(self, events: list[SseEvent]) -> None:
         if self._failure is not None or self._closed:
+            return
+        waiter = self._waiter
+        if (
+            self._sink is not None
+            and waiter is not None
+            and not waiter.done()
+            and not self._queue
+            and events[0].entry_key is not None
+            and events[0].entry_key > self._cursor_key
+            and self._sink(events)
+        ):
+            # Sent without waking the consumer, which keeps waiting; the
+            # keep-alive counts from this send.
+            self._cursor_key = events[-1].entry_key or self._cursor_key
+            self._wait_deadlines.set(self, time.monotonic() + self._wait_timeout_s)
             return
         if len(self._queue) + len(events) > self._policy.buffer_events:
             LAGGING_SUBSCRIBERS.inc()
@@ -145,6 +163,9 @@ class HubSubscription(Subscription):
             return
         self._queue.extend(events)
         self._wake()
+
+    def set_sink(self, sink: LiveSink | None) -> None:
+        self._sink = sink
 
     def fail(self, error: Exception) -> None:
         if self._failure is None:
@@ -204,6 +225,7 @@ class HubSubscription(Subscription):
         if self._closed:
             return
         self._closed = True
+        self._sink = None
         self._queue.clear()
         self._wait_deadlines.discard(self)
         self._registry.leave(self)
@@ -292,6 +314,7 @@ class HubSubscription(Subscription):
             raise self._failure
         if timeout_s <= 0:
             return []
+        self._wait_timeout_s = timeout_s
         self._wait_deadlines.set(self, time.monotonic() + timeout_s)
         waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:

@@ -10,7 +10,12 @@ frame costs one ASGI send and no timer:
 - one task waits in ``receive()`` for the client to go away;
 - the drain calls the stream back when the server starts shutting down;
 - a send in progress has a deadline in ``Deadlines``, one timer shared by
-  every stream of the app, so a frame costs a dict update instead of a timer.
+  every stream of the app, so a frame costs a dict update instead of a timer;
+- while the pump waits with nothing queued, the hub's reader writes live
+  events itself through ``_Connection.write_now``, so a live event costs one
+  ASGI send and no task switch. A send that has to wait for the client
+  (write buffer full) finishes in a task of its own, which the pump awaits
+  before its next send, so frames keep their order.
 
 The disconnect, the drain and a missed send deadline each cancel the pump
 with their reason, so the subscription is closed (in the pump's ``finally``)
@@ -28,7 +33,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import Literal
+from collections.abc import Coroutine, Generator
+from typing import Any, Literal
 
 from litestar.types import Receive, Scope, Send
 
@@ -66,6 +72,33 @@ _SENT = {kind: EVENTS_SENT.labels(kind) for kind in ("stream", "control", "error
 _CLIENT_DISCONNECTED = "client disconnected"
 _CLIENT_STOPPED_READING = "client stopped reading"
 _SERVER_DRAINING = "server draining"
+_SEND_FAILED = "send failed"
+
+
+class _Resumed:
+    """Awaitable that finishes a coroutine which was started by hand and is waiting for ``waiting_for``."""
+
+    __slots__ = ("_coroutine", "_waiting_for")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_for: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_for = waiting_for
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting_for = self._coroutine, self._waiting_for
+        while True:
+            try:
+                value = yield waiting_for
+            except BaseException as error:  # a cancellation goes into the coroutine, as with await
+                try:
+                    waiting_for = coroutine.throw(error)
+                except StopIteration:
+                    return
+                continue
+            try:
+                waiting_for = coroutine.send(value)
+            except StopIteration:
+                return
 
 
 class _Connection:
@@ -75,7 +108,9 @@ class _Connection:
     ``interrupt`` cancels that task and records why in ``stop_reason``.
     """
 
-    __slots__ = ("_deadlines", "_headers", "_send", "_task", "_timeout_s", "interruptible", "stop_reason")
+    __slots__ = (
+        "_deadlines", "_headers", "_pending", "_send", "_task", "_timeout_s", "error", "interruptible", "stop_reason",
+    )
 
     def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float, headers: list[tuple[bytes, bytes]]) -> None:
         self._send = send
@@ -85,6 +120,46 @@ class _Connection:
         self._task = asyncio.current_task()
         self.interruptible = False
         self.stop_reason: str | None = None
+        self.error: Exception | None = None
+        # A send that write_now started and that waits for the client.
+        self._pending: asyncio.Task[None] | None = None
+
+    def write_now(self, batch: list[SseEvent]) -> bool:
+        """Send live stream events from the caller's task; return False to leave them to the pump.
+
+        Declines while a send is pending or the stream is ending, and any
+        batch with a control event or the END, which the pump handles.
+        """
+        if self._pending is not None or not self.interruptible or self.stop_reason is not None:
+            return False
+        for event in batch:
+            if event.kind != "stream" or event.is_end:
+                return False
+        body = batch[0].frame if len(batch) == 1 else b"".join(event.frame for event in batch)
+        send = self._send({"type": "http.response.body", "body": body, "more_body": True})  # type: ignore[arg-type]
+        try:
+            waiting_for = send.send(None)
+        except StopIteration:
+            _SENT["stream"].inc(len(batch))
+            return True
+        except Exception as error:  # noqa: BLE001 - raised again in the pump's task by _run
+            self.error = error
+            self.interrupt(_SEND_FAILED)
+            return True
+        # Task.__step drives the rest of the send as if the task had awaited it from the start.
+        pending = self._pending = asyncio.ensure_future(_Resumed(send, waiting_for))
+        pending.add_done_callback(self._pending_done)
+        self._deadlines.set(self, time.monotonic() + self._timeout_s)
+        _SENT["stream"].inc(len(batch))
+        return True
+
+    def _pending_done(self, task: asyncio.Task[None]) -> None:
+        if self._pending is task:
+            self._pending = None
+            self._deadlines.discard(self)
+            if not task.cancelled() and task.exception() is not None:
+                self.error = task.exception()  # type: ignore[assignment]
+                self.interrupt(_SEND_FAILED)
 
     def interrupt(self, reason: str) -> None:
         if self.stop_reason is None and self.interruptible and self._task is not None:
@@ -139,8 +214,18 @@ class _Connection:
     def close(self) -> None:
         self.interruptible = False
         self._deadlines.discard(self)
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def pending_sends(self) -> tuple[asyncio.Task[None], ...]:
+        """The send that ``write_now`` started and that is still waiting for the client, if any."""
+        return () if self._pending is None else (self._pending,)
 
     async def _call(self, message: dict[str, object]) -> None:
+        pending = self._pending
+        if pending is not None:
+            # Its deadline is set; a failure or cancellation ends the stream here.
+            await pending
         self._deadlines.set(self, time.monotonic() + self._timeout_s)
         try:
             await self._send(message)  # type: ignore[arg-type]
@@ -214,6 +299,7 @@ class SseStream:
                 logger.warning("dropping slow client", extra=self._log_fields)
         finally:
             connection.close()
+            await _cancel_and_wait(connection.pending_sends())
             OPEN_STREAMS.dec()
             self._drain.stream_closed()
             lease.release()
@@ -237,6 +323,11 @@ class SseStream:
             self._drain.remove_listener(connection)
             await _cancel_and_wait((disconnect,))
 
+        if reason in (_SEND_FAILED, _CLIENT_STOPPED_READING, _CLIENT_DISCONNECTED):
+            # The client will not take the frame that is still waiting.
+            await _cancel_and_wait(connection.pending_sends())
+        if reason == _SEND_FAILED and connection.error is not None:
+            raise connection.error
         if reason == _CLIENT_STOPPED_READING:
             return reason
         if reason == _CLIENT_DISCONNECTED:
@@ -263,6 +354,7 @@ class SseStream:
         except BrokerUnavailable as error:
             await connection.frame(error_frame(error.message), "error")
             return "broker unavailable"
+        subscription.set_sink(connection.write_now)
         try:
             while True:
                 try:
@@ -281,6 +373,7 @@ class SseStream:
                 elif await connection.events(batch):
                     return "stream ended"
         finally:
+            subscription.set_sink(None)
             await subscription.close()
 
 
