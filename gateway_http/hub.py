@@ -27,6 +27,7 @@ from gateway_http.hub_subscription import HubSubscription, SubscriptionPolicy
 
 __all__ = [
     "BROKER_RETRY_BUDGET_S",
+    "CONCURRENT_CALLS",
     "MAX_BLOCK_MS",
     "READ_COUNT",
     "REPLAY_PAGE",
@@ -44,6 +45,12 @@ SUBSCRIBER_BUFFER_EVENTS = 1_000
 """Live events queued per subscriber before it counts as too slow and is dropped."""
 BROKER_RETRY_BUDGET_S = 10.0
 """How long readers and subscriptions keep retrying a failing broker before they give up."""
+CONCURRENT_CALLS = 8
+"""Broker calls (channel opens, history pages) that the subscriptions of one hub make at once.
+
+Each call in flight borrows a pooled connection, so a burst of joins would
+otherwise grow the pool, and the gateway's memory, up to the pool's size.
+"""
 
 
 class HubFeed(Feed):
@@ -81,6 +88,7 @@ class HubFeed(Feed):
         self._closed = False
         # Ends the live waits of all subscriptions with one timer.
         self._wait_deadlines = Deadlines()
+        self._call_slots = asyncio.Semaphore(CONCURRENT_CALLS)
 
     @property
     def active_streams(self) -> frozenset[str]:
@@ -100,7 +108,9 @@ class HubFeed(Feed):
     async def subscribe(self, stream: str, after_id: str) -> Subscription:
         if self._closed:
             raise BrokerUnavailable("the gateway is shutting down")
-        return HubSubscription(self, self._broker, stream, after_id, self._subscription_policy, self._wait_deadlines)
+        return HubSubscription(
+            self, self._broker, stream, after_id, self._subscription_policy, self._wait_deadlines, self._call_slots
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -105,7 +105,7 @@ class HubSubscription(Subscription):
     """
 
     __slots__ = (
-        "_broker", "_budget", "_closed", "_cursor", "_cursor_key", "_failure", "_live_from", "_policy",
+        "_broker", "_budget", "_call_slots", "_closed", "_cursor", "_cursor_key", "_failure", "_live_from", "_policy",
         "_queue", "_registry", "_replaying", "_sink", "_trim_checked", "_wait_deadlines", "_wait_timeout_s", "_waiter",
         "stream",
     )
@@ -118,9 +118,12 @@ class HubSubscription(Subscription):
         after_id: str,
         policy: SubscriptionPolicy,
         wait_deadlines: Deadlines,
+        call_slots: asyncio.Semaphore,
     ) -> None:
+        """``call_slots`` bounds the broker calls that the hub's subscriptions make at once."""
         self.stream = stream
         self._wait_deadlines = wait_deadlines
+        self._call_slots = call_slots
         self._registry = registry
         self._broker = broker
         self._policy = policy
@@ -257,7 +260,8 @@ class HubSubscription(Subscription):
                 continue
             self._registry.begin_opening(self.stream)
             try:
-                info = await self._broker.info(self.stream)
+                async with self._call_slots:
+                    info = await self._broker.info(self.stream)
                 last_id = info.last_id if info is not None and info.last_id is not None else _START_ID
                 position = self._registry.open_channel(self, last_id)
             finally:
@@ -269,7 +273,8 @@ class HubSubscription(Subscription):
 
     async def _replay_page(self) -> list[SseEvent]:
         assert self._live_from is not None
-        entries = await self._broker.read(self.stream, self._cursor, count=self._policy.replay_page, block_ms=0)
+        async with self._call_slots:
+            entries = await self._broker.read(self.stream, self._cursor, count=self._policy.replay_page, block_ms=0)
         missed = not self._trim_checked and bool(entries) and await self._entries_were_trimmed(entries[0])
         self._trim_checked = True
 
@@ -299,7 +304,8 @@ class HubSubscription(Subscription):
         """
         if is_start_entry(first):
             return False
-        info = await self._broker.info(self.stream)
+        async with self._call_slots:
+            info = await self._broker.info(self.stream)
         if info is None or info.first_id is None:
             return False
         return self._cursor_key < parse_entry_id(info.first_id) and info.length >= self._policy.max_stream_len
