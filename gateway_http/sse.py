@@ -292,7 +292,23 @@ class SseStream:
         OPEN_STREAMS.inc()
         try:
             logger.info("stream opened", extra={**self._log_fields, "after_id": self._after_id})
-            reason = await self._run(connection, receive)
+            # Streaming happens in this frame, not in a nested coroutine: see above.
+            disconnect = asyncio.create_task(_wait_for_disconnect(receive), name="sse-disconnect")
+            disconnect.add_done_callback(connection.client_disconnected)
+            self._drain.add_listener(connection)
+            connection.interruptible = True
+            try:
+                reason = await self._pump(connection)
+            except asyncio.CancelledError:
+                interruption = connection.take_interruption()
+                if interruption is None:
+                    raise
+                reason = interruption
+            finally:
+                connection.interruptible = False
+                self._drain.remove_listener(connection)
+                await _cancel_and_wait((disconnect,))
+            reason = await self._end(connection, disconnect, reason)
             if reason == _CLIENT_STOPPED_READING:
                 # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
                 # this one ended incomplete and closes the connection.
@@ -305,24 +321,8 @@ class SseStream:
             lease.release()
             logger.info("stream closed", extra={**self._log_fields, "reason": reason})
 
-    async def _run(self, connection: _Connection, receive: Receive) -> str:
-        """Stream until the pump ends or an interruption cancels it; return why the stream ended."""
-        disconnect = asyncio.create_task(_wait_for_disconnect(receive), name="sse-disconnect")
-        disconnect.add_done_callback(connection.client_disconnected)
-        self._drain.add_listener(connection)
-        connection.interruptible = True
-        try:
-            reason = await self._pump(connection)
-        except asyncio.CancelledError:
-            interruption = connection.take_interruption()
-            if interruption is None:
-                raise
-            reason = interruption
-        finally:
-            connection.interruptible = False
-            self._drain.remove_listener(connection)
-            await _cancel_and_wait((disconnect,))
-
+    async def _end(self, connection: _Connection, disconnect: asyncio.Task[None], reason: str) -> str:
+        """Close the response after the pump ended or was interrupted for ``reason``; return the final reason."""
         if reason in (_SEND_FAILED, _CLIENT_STOPPED_READING, _CLIENT_DISCONNECTED):
             # The client will not take the frame that is still waiting.
             await _cancel_and_wait(connection.pending_sends())
