@@ -5,12 +5,14 @@ single Redis and on Redis Cluster alike. The tracking shards live in other
 slots and are updated by separate commands: tracked before the append, so that
 cleanup can find every stream, and untracked after an END. A stream that this
 process tracked less than ``tracking_refresh_s`` ago is not tracked again (see
-``RedisBroker.append``), so a publish to a busy stream is one round trip.
+``RedisBroker.append``), so a publish to a busy stream is one round trip. On
+a single Redis, appends in flight at the same time share one pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -20,6 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
@@ -43,9 +46,11 @@ older than the stream's newest entry. The sweep checks that entry before
 deleting a stream, so any value is safe. One well below the cleanup idle time
 (CLEANUP_STREAM_IDLE_SEC) keeps live streams out of the sweep's candidates."""
 
-# Streams remembered as tracked, per process; past this the oldest is forgotten
+# Streams remembered as tracked, per process. Past this the oldest is forgotten
 # and simply tracked again on its next publish.
 _MAX_RECENTLY_TRACKED = 65_536
+# Maximum appends per pipeline. A pipeline is one write and one read.
+_MAX_APPEND_BATCH = 64
 _SWEEP_BATCH_SIZE = 100
 _MAX_REPORTED_FOREIGN_ENTRIES = 1024
 _DELETED = 1
@@ -99,6 +104,12 @@ class RedisBroker(Broker):
         self._delete_if_idle_script = client.register_script(_DELETE_IF_IDLE_SCRIPT)
         self._untrack_if_idle_script = client.register_script(_UNTRACK_IF_IDLE_SCRIPT)
         self._info_script = client.register_script(_INFO_SCRIPT)
+        # Appends waiting for the batch task: keys, args, and the caller's future.
+        # Each caller adds one entry and awaits it, so the list is bounded by
+        # the number of publishes in flight.
+        self._batching = not isinstance(client, RedisCluster)
+        self._pending_appends: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        self._append_batch_task: asyncio.Task[None] | None = None
         # Deadlines of the reads in progress, which close() moves to now.
         self._read_deadlines: set[asyncio.Timeout] = set()
         self._reported_foreign_entries: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -135,10 +146,10 @@ class RedisBroker(Broker):
             skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
             if not skip_tracking:
                 await self._track(stream)
-            outcome, value = await self._append_script(keys=keys, args=[*args, 1 if skip_tracking else 0])
+            outcome, value = await self._run_append(keys, [*args, 1 if skip_tracking else 0])
             if outcome == _NOT_TRACKED:
                 await self._track(stream)
-                outcome, value = await self._append_script(keys=keys, args=[*args, 0])
+                outcome, value = await self._run_append(keys, [*args, 0])
         if outcome == _RATE_LIMITED:
             raise rate_limited(
                 stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000
@@ -276,6 +287,10 @@ class RedisBroker(Broker):
         if self._closed:
             return
         self._closed = True
+        if self._append_batch_task is not None:
+            self._append_batch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._append_batch_task
         loop = asyncio.get_running_loop()
         for deadline in list(self._read_deadlines):
             deadline.reschedule(loop.time())
@@ -285,6 +300,70 @@ class RedisBroker(Broker):
     def _check_open(self) -> None:
         if self._closed:
             raise broker_closed()
+
+    async def _run_append(self, keys: list[str], args: list[Any]) -> Any:
+        """Run append.lua; on a single Redis, in one pipeline with the other appends waiting.
+
+        A single Redis runs a connection's commands in the order sent, so
+        batching keeps the order of appends that are in flight together. A
+        cluster pipeline sends each node its share concurrently, so on a
+        cluster each append is its own call. A caller that is cancelled
+        before its batch is sent leaves nothing behind.
+        """
+        if not self._batching:
+            return await self._append_script(keys=keys, args=args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending_appends.append((keys, args, future))
+        if self._append_batch_task is None:
+            self._append_batch_task = asyncio.create_task(self._send_append_batches(), name="redis-append-batches")
+        return await future
+
+    async def _send_append_batches(self) -> None:
+        """Send the waiting appends in pipelines until none wait, then end."""
+        batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        try:
+            while self._pending_appends:
+                batch = [item for item in self._pending_appends[:_MAX_APPEND_BATCH] if not item[2].done()]
+                del self._pending_appends[:_MAX_APPEND_BATCH]
+                if not batch:
+                    continue
+                try:
+                    replies = await self._execute_appends(batch)
+                except Exception as error:
+                    replies = [error] * len(batch)
+                for (_, _, future), reply in zip(batch, replies, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                batch = []
+        finally:
+            self._append_batch_task = None
+            # Only close() cancels this task: every append still waiting fails.
+            for _, _, future in [*batch, *self._pending_appends]:
+                if not future.done():
+                    future.set_exception(broker_closed())
+            self._pending_appends.clear()
+
+    async def _execute_appends(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
+        """Run append.lua once per item in one pipeline; load the script and rerun the items that found it missing."""
+        replies = await self._pipeline_appends([(keys, args) for keys, args, _ in batch])
+        missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # After a SCRIPT FLUSH or a restart of Redis. The reruns keep their relative order.
+            await self._client.script_load(_APPEND_SCRIPT)
+            reruns = await self._pipeline_appends([(batch[index][0], batch[index][1]) for index in missing])
+            for index, reply in zip(missing, reruns, strict=True):
+                replies[index] = reply
+        return replies
+
+    async def _pipeline_appends(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipeline = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipeline.evalsha(self._append_script.sha, len(keys), *keys, *args)
+        return list(await pipeline.execute(raise_on_error=False))
 
     async def _track(self, stream: str) -> None:
         """ZADD the stream to its tracking shard and remember when."""

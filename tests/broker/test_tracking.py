@@ -1,7 +1,8 @@
-"""Tracking before the append: skipped for a stream tracked moments ago, never for a new stream."""
+"""Tracking before the append (skipped for a stream tracked moments ago, never for a new stream) and batched appends."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -117,3 +118,46 @@ async def test_tracking_negative_refresh_rejected() -> None:
 
     assert str(caught.value) == "tracking_refresh_s must be at least 0, got -1"
     await client.aclose()
+
+
+async def test_batched_appends_keep_call_order(redis_backend: Backend) -> None:
+    # A single Redis batches appends in call order. A cluster sends each one
+    # on its own connection, so concurrent appends there have no order.
+    raw = redis_backend.raw
+    assert raw is not None and redis_backend.redis_url is not None
+    client = redis.asyncio.Redis.from_url(redis_backend.redis_url)
+    broker = RedisBroker(
+        client, replace(TEST_SETTINGS, redis_url=redis_backend.redis_url), tracking_refresh_s=LONG_REFRESH_S
+    )
+    stream = new_stream()
+    await broker.append(stream, b"first", end=False)
+
+    entry_ids = await asyncio.gather(*(broker.append(stream, b"%d" % n, end=False) for n in range(50)))
+
+    stored = await raw.xrange(stream)
+    assert [fields[b"data"] for _, fields in stored] == [b"first", *(b"%d" % n for n in range(50))]
+    assert [raw_id.decode() for raw_id, _ in stored[1:]] == list(entry_ids)
+    await broker.close()
+
+
+async def test_batched_append_cancelled_before_send_stores_nothing(redis_backend: Backend) -> None:
+    raw = redis_backend.raw
+    assert raw is not None and redis_backend.redis_url is not None
+    client = redis.asyncio.Redis.from_url(redis_backend.redis_url)
+    broker = RedisBroker(
+        client, replace(TEST_SETTINGS, redis_url=redis_backend.redis_url), tracking_refresh_s=LONG_REFRESH_S
+    )
+    stream = new_stream()
+    await broker.append(stream, b"first", end=False)
+
+    # The task queues its append and creates the batch task, which runs only
+    # after this test resumes, so the cancel comes before the batch is sent.
+    task = asyncio.create_task(broker.append(stream, b"cancelled", end=False))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await broker.append(stream, b"last", end=False)
+
+    assert [fields[b"data"] for _, fields in await raw.xrange(stream)] == [b"first", b"last"]
+    await broker.close()
