@@ -98,7 +98,7 @@ class SubscriptionPolicy:
 class HubSubscription(Subscription):
     """A subscription of ``HubFeed``; see the module docstring for the hand-over.
 
-    A gateway holds many of these, mostly idle, so one keeps little state: a
+    A gateway has many of these, mostly idle, so one keeps little state: a
     plain list as its queue, a future only while a consumer waits, and the
     end of that wait in ``wait_deadlines``, which the hub's subscriptions
     share, instead of a timer of its own.
@@ -181,7 +181,7 @@ class HubSubscription(Subscription):
             waiter.set_result(None)
 
     def next_batch(self, timeout_s: float) -> Coroutine[Any, Any, list[SseEvent]]:
-        # A plain function, so a subscriber waiting for live events holds one
+        # A plain function, so a subscriber waiting for live events keeps one
         # coroutine frame rather than two.
         if not self._closed and not self._replaying and self._live_from is not None:
             return self._next_live(timeout_s)

@@ -1,6 +1,6 @@
 """The ASGI response that streams one channel to one client as Server-Sent Events.
 
-A gateway holds many mostly idle streams and sends each live event to every
+A gateway keeps many mostly idle streams open and sends each live event to every
 one of them, so a stream costs one task besides the request's own, and a
 frame costs one ASGI send and no timer:
 
@@ -218,7 +218,7 @@ class _Connection:
             self._pending.cancel()
 
     def pending_sends(self) -> tuple[asyncio.Task[None], ...]:
-        """The send that ``write_now`` started and that is still waiting for the client, if any."""
+        """Return the send that ``write_now`` started and that still waits for the client, if any."""
         return () if self._pending is None else (self._pending,)
 
     async def _call(self, message: dict[str, object]) -> None:
