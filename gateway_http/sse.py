@@ -1,13 +1,14 @@
 """The ASGI response that streams one channel to one client as Server-Sent Events.
 
 A gateway keeps many mostly idle streams open and sends each live event to every
-one of them, so a stream costs one task besides the request's own, and a
-frame costs one ASGI send and no timer:
+one of them, so a stream runs in the request's task alone, and a frame
+costs one ASGI send and no timer:
 
 - the request's task runs the pump, which reads the feed and sends frames
   until the END entry, a broker failure, or the feed dropping a subscriber
   that fell behind. All events that are ready go out in one send;
-- one task waits in ``receive()`` for the client to go away;
+- ``_DisconnectWatch`` drives ``receive()`` from callbacks, without a task,
+  until the client goes away;
 - the drain calls the stream back when the server starts shutting down;
 - a send in progress has a deadline in ``Deadlines``, one timer shared by
   every stream of the app, so a frame costs a dict update instead of a timer;
@@ -33,7 +34,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Literal
 
 from litestar.types import Receive, Scope, Send
@@ -178,7 +179,7 @@ class _Connection:
     def deadline_passed(self) -> None:
         self.interrupt(_CLIENT_STOPPED_READING)
 
-    def client_disconnected(self, _: asyncio.Task[None]) -> None:
+    def client_disconnected(self) -> None:
         self.interrupt(_CLIENT_DISCONNECTED)
 
     async def start(self) -> None:
@@ -293,10 +294,11 @@ class SseStream:
         try:
             logger.info("stream opened", extra={**self._log_fields, "after_id": self._after_id})
             # Streaming happens in this frame, not in a nested coroutine: see above.
-            disconnect = asyncio.create_task(_wait_for_disconnect(receive), name="sse-disconnect")
-            disconnect.add_done_callback(connection.client_disconnected)
-            self._drain.add_listener(connection)
+            disconnect = _DisconnectWatch(receive, connection.client_disconnected)
             connection.interruptible = True
+            # A client that is already gone interrupts the pump at its first await.
+            disconnect.start()
+            self._drain.add_listener(connection)
             try:
                 reason = await self._pump(connection)
             except asyncio.CancelledError:
@@ -307,7 +309,7 @@ class SseStream:
             finally:
                 connection.interruptible = False
                 self._drain.remove_listener(connection)
-                await _cancel_and_wait((disconnect,))
+                disconnect.close()
             reason = await self._end(connection, disconnect, reason)
             if reason == _CLIENT_STOPPED_READING:
                 # NOTE: ASGI gives no way to abort a response, so uvicorn logs that
@@ -321,7 +323,7 @@ class SseStream:
             lease.release()
             logger.info("stream closed", extra={**self._log_fields, "reason": reason})
 
-    async def _end(self, connection: _Connection, disconnect: asyncio.Task[None], reason: str) -> str:
+    async def _end(self, connection: _Connection, disconnect: _DisconnectWatch, reason: str) -> str:
         """Close the response after the pump ended or was interrupted for ``reason``; return the final reason."""
         if reason in (_SEND_FAILED, _CLIENT_STOPPED_READING, _CLIENT_DISCONNECTED):
             # The client will not take the frame that is still waiting.
@@ -331,8 +333,8 @@ class SseStream:
         if reason == _CLIENT_STOPPED_READING:
             return reason
         if reason == _CLIENT_DISCONNECTED:
-            if not disconnect.cancelled():
-                disconnect.result()  # re-raises an error from receive()
+            if disconnect.error is not None:
+                raise disconnect.error
             return reason
         try:
             async with asyncio.timeout(self._send_timeout_s):
@@ -416,7 +418,68 @@ async def _send_rejection(
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    # A GET has no body to read, so everything before the disconnect is ignored.
-    while (await receive())["type"] != "http.disconnect":
-        pass
+class _DisconnectWatch:
+    """Runs ``receive()`` until the client disconnects, then calls ``on_disconnect``; no task of its own.
+
+    A task costs about 0.7 KB per open stream, so the watch drives the
+    ``receive()`` coroutine by hand: it resumes the coroutine from a callback
+    on the future that the coroutine waits for, as a task would. A GET has no
+    body to read, so every message before the disconnect is ignored. An error
+    from ``receive()`` also ends the watch, kept in ``error``.
+    """
+
+    __slots__ = ("_coroutine", "_on_disconnect", "_receive", "_waiting_for", "disconnected", "error")
+
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        self._receive = receive
+        self._on_disconnect = on_disconnect
+        self._coroutine: Coroutine[Any, Any, Any] | None = None
+        self._waiting_for: asyncio.Future[Any] | None = None
+        self.disconnected = False
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._coroutine = self._receive()  # type: ignore[assignment]
+        self._step()
+
+    def close(self) -> None:
+        """Stop watching; the coroutine's cleanup (such as uvicorn's waiter list) runs now."""
+        waiting_for, self._waiting_for = self._waiting_for, None
+        if waiting_for is not None:
+            waiting_for.remove_done_callback(self._resume)
+        coroutine, self._coroutine = self._coroutine, None
+        if coroutine is not None:
+            coroutine.close()
+
+    def _resume(self, _: object = None) -> None:
+        self._waiting_for = None
+        self._step()
+
+    def _step(self) -> None:
+        # Bounded: each pass either waits, ends the watch, or takes one message the client sent.
+        while self._coroutine is not None:
+            try:
+                waiting_for = self._coroutine.send(None)
+            except StopIteration as stop:
+                if stop.value["type"] == "http.disconnect":
+                    self._finish(None)
+                    return
+                self._coroutine = self._receive()  # type: ignore[assignment]
+                continue
+            except Exception as error:  # noqa: BLE001 - kept and raised again by the stream
+                self._finish(error)
+                return
+            if waiting_for is None:
+                # A bare yield asks to be resumed on the next loop pass.
+                asyncio.get_running_loop().call_soon(self._resume)
+            else:
+                waiting_for._asyncio_future_blocking = False
+                self._waiting_for = waiting_for
+                waiting_for.add_done_callback(self._resume)
+            return
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._coroutine = None
+        self.disconnected = True
+        self.error = error
+        self._on_disconnect()
