@@ -100,7 +100,11 @@ class PublishServer:
         try:
             self._grpc_port = server.add_insecure_port(address)
         except RuntimeError as error:
-            raise OSError(f"publish: cannot bind gRPC on {address}: {error}") from error
+            # grpc reports only "Failed to bind"; the usual cause is a port in use.
+            raise OSError(
+                f"publish: cannot bind gRPC on {address}: the address is in use or not available; "
+                "choose another port with PUBLISH_GRPC_PORT or --publish-grpc-port"
+            ) from error
         await server.start()
         self._grpc = server
         logger.info("publish gRPC listening", extra={"host": self._settings.host, "port": self._grpc_port})

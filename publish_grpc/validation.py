@@ -108,7 +108,7 @@ def decode_request(data: bytes, *, max_message_bytes: int) -> PublishRequest:
         reason = str(error).rpartition(": ")[2] or "undecodable"
         if "MaxDepth" in reason:
             reason = "messages are nested deeper than the protobuf decoder allows"
-        raise InvalidArgument(f"request is not a valid encoded PublishRequest: {reason}") from None
+        raise InvalidArgument(f"request is not a valid binary-encoded conduit.v1alpha.PublishRequest (JSON is not accepted): {reason}") from None
 
 
 def check_request(request: PublishRequest, data: bytes, *, path: PathIds | None = None) -> ValidatedPublish:

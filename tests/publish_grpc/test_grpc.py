@@ -118,7 +118,7 @@ CHANNEL = "97f58c19-ce38-4c6b-8a5b-47f3405691f0"
 BAD_REQUESTS = [
     pytest.param(
         b"\xff\xff\xff",
-        "request is not a valid encoded PublishRequest: Wire format was corrupt",
+        "request is not a valid binary-encoded conduit.v1alpha.PublishRequest (JSON is not accepted): Wire format was corrupt",
         id="undecodable",
     ),
     pytest.param(

@@ -191,12 +191,12 @@ BAD_REQUESTS = [
     ),
     pytest.param(
         ORG_ID, CHANNEL, b"\xff\xff\xff",
-        "request is not a valid encoded PublishRequest: Wire format was corrupt",
+        "request is not a valid binary-encoded conduit.v1alpha.PublishRequest (JSON is not accepted): Wire format was corrupt",
         id="undecodable",
     ),
     pytest.param(
         ORG_ID, CHANNEL, b"\x0a\x02\xff\xfe",
-        "request is not a valid encoded PublishRequest: String field had bad UTF-8",
+        "request is not a valid binary-encoded conduit.v1alpha.PublishRequest (JSON is not accepted): String field had bad UTF-8",
         id="bad-utf8",
     ),
     pytest.param(

@@ -147,7 +147,7 @@ def test_validate_too_deep_payload_rejected() -> None:
         validate_publish(data, max_message_bytes=MAX_BYTES)
 
     assert raised.value.message == (
-        "request is not a valid encoded PublishRequest: messages are nested deeper than the protobuf decoder allows"
+        "request is not a valid binary-encoded conduit.v1alpha.PublishRequest (JSON is not accepted): messages are nested deeper than the protobuf decoder allows"
     )
 
 
