@@ -116,7 +116,7 @@ async def check_broker_reachable(broker: Broker) -> bool:
     """Ping the broker once at start-up and log a WARNING when it does not respond.
 
     The role starts either way, because Redis may come up later; until then
-    /readyz reports 503 and publishes answer 503. Returns whether the ping succeeded.
+    /readyz reports 503 and publishes fail with 503. Returns whether the ping succeeded.
     """
     try:
         await asyncio.wait_for(broker.ping(), _STARTUP_PING_TIMEOUT_S)

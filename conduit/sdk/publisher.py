@@ -291,8 +291,8 @@ def grpc_error(error: grpc.aio.AioRpcError) -> PublishRejected | PublishUnreacha
 
 
 # grpc core's wording when no connection to the server could be made or kept. The
-# service itself also answers UNAVAILABLE (broker unreachable), with its own message,
-# and that answer is a rejection with a status, like HTTP 503.
+# service itself also returns UNAVAILABLE (broker unreachable) with its own message,
+# and that is a rejection with a status, like HTTP 503.
 _TRANSPORT_FAILURE_MARKERS = (
     "failed to connect",
     "connection refused",
