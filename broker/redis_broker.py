@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from redis.exceptions import NoScriptError
 
 from broker.base import Broker, Entry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
-from broker.ids import check_read_request, format_entry_id
+from broker.ids import check_read_request, format_entry_id, parse_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -59,6 +60,10 @@ _KEPT = -1
 # or the caller skipped tracking and the stream does not exist.
 _RATE_LIMITED = 0
 _NOT_TRACKED = 3
+# Entry ids in the form Redis writes them: no leading zeros, both parts below
+# 10**19 and so within 64 bits. read_many passes these through unparsed,
+# because a reader resumes from ids this broker returned.
+_CANONICAL_ENTRY_ID = re.compile(r"(?:0|[1-9][0-9]{0,18})-(?:0|[1-9][0-9]{0,18})", re.ASCII)
 
 
 def _load_script(name: str) -> str:
@@ -104,10 +109,12 @@ class RedisBroker(Broker):
         self._delete_if_idle_script = client.register_script(_DELETE_IF_IDLE_SCRIPT)
         self._untrack_if_idle_script = client.register_script(_UNTRACK_IF_IDLE_SCRIPT)
         self._info_script = client.register_script(_INFO_SCRIPT)
+        # Checked once here, because read_group runs for every channel a gateway opens.
+        self._cluster = client if isinstance(client, RedisCluster) else None
+        self._batching = self._cluster is None
         # Appends waiting for the batch task: keys, args, and the caller's future.
         # Each caller adds one entry and awaits it, so the list is bounded by
         # the number of publishes in flight.
-        self._batching = not isinstance(client, RedisCluster)
         self._pending_appends: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._append_batch_task: asyncio.Task[None] | None = None
         # Deadlines of the reads in progress, which close() moves to now.
@@ -197,20 +204,29 @@ class RedisBroker(Broker):
         self, positions: Mapping[str, str], *, count: int, block_ms: int
     ) -> dict[str, list[Entry]]:
         """Read per the Broker contract with one XREAD over every stream, skipping entries without ``data``."""
+        # Keys and ids go to redis-py as bytes, which its encoder passes through
+        # unchanged. Encoding two str arguments per stream otherwise took about
+        # a fifth of the CPU time of a read over 1,000 streams (measured locally).
+        canonical = _CANONICAL_ENTRY_ID.fullmatch
         cursors = {
-            stream: format_entry_id(*check_read_request(after_id, count, block_ms))
+            stream.encode(): (
+                after_id if canonical(after_id) else format_entry_id(*parse_entry_id(after_id))
+            ).encode()
             for stream, after_id in positions.items()
         }
         if not cursors:
             raise ValueError("positions must name at least one stream")
+        # The ids are valid by now; this checks count and block_ms once per call.
+        check_read_request(next(iter(positions.values())), count, block_ms)
         # Checked here because redis-py's own cross-slot error would surface
         # as BrokerUnavailable, hiding a caller's mistake as an outage.
-        groups = {self.read_group(stream) for stream in cursors}
-        if len(groups) > 1:
-            raise ValueError(
-                f"read_many streams must share one read_group, got {len(cursors)} streams "
-                f"in {len(groups)} Redis Cluster hash slots; group them with read_group first"
-            )
+        if self._cluster is not None:
+            groups = {self.read_group(stream) for stream in positions}
+            if len(groups) > 1:
+                raise ValueError(
+                    f"read_many streams must share one read_group, got {len(cursors)} streams "
+                    f"in {len(groups)} Redis Cluster hash slots; group them with read_group first"
+                )
         self._check_open()
         block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
 
@@ -225,15 +241,17 @@ class RedisBroker(Broker):
                     found, last_ids = self._entries_by_stream(response)
                     if found or not last_ids:
                         return found
-                    cursors.update(last_ids)
+                    cursors.update(
+                        (stream.encode(), last_id.encode()) for stream, last_id in last_ids.items()
+                    )
         except TimeoutError:
             raise broker_closed() from None
         finally:
             self._read_deadlines.discard(deadline)
 
     def read_group(self, stream: str) -> str:
-        if isinstance(self._client, RedisCluster):
-            return str(self._client.keyslot(stream))
+        if self._cluster is not None:
+            return str(self._cluster.keyslot(stream))
         return ""
 
     async def info(self, stream: str) -> StreamInfo | None:
@@ -278,8 +296,8 @@ class RedisBroker(Broker):
         """
         self._check_open()
         with redis_errors_as_unavailable("ping"):
-            if isinstance(self._client, RedisCluster):
-                await self._client.ping(target_nodes=RedisCluster.PRIMARIES)
+            if self._cluster is not None:
+                await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
             else:
                 await self._client.ping()
 

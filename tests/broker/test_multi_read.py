@@ -124,6 +124,31 @@ async def test_read_many_invalid_position_raises(broker: Broker) -> None:
         await broker.read_many({new_stream(): "later"}, count=10, block_ms=0)
 
 
+async def test_read_many_invalid_later_position_raises(broker: Broker) -> None:
+    first, second = streams_of_one_group(broker, 2)
+
+    with pytest.raises(InvalidArgument, match="invalid entry id '1-2-3'"):
+        await broker.read_many({first: "0-0", second: "1-2-3"}, count=10, block_ms=0)
+
+
+async def test_read_many_position_beyond_64_bits_raises(broker: Broker) -> None:
+    with pytest.raises(InvalidArgument, match="invalid entry id '18446744073709551616-0'"):
+        await broker.read_many({new_stream(): "18446744073709551616-0"}, count=10, block_ms=0)
+
+
+async def test_read_many_padded_position_reads_after(broker: Broker) -> None:
+    first, second = streams_of_one_group(broker, 2)
+    first_ids = [await broker.append(first, b"a", end=False) for _ in range(3)]
+    second_id = await broker.append(second, b"b", end=False)
+
+    found = await broker.read_many({first: "00" + first_ids[1], second: "0"}, count=10, block_ms=0)
+
+    assert {stream: [entry.id for entry in entries] for stream, entries in found.items()} == {
+        first: first_ids[2:],
+        second: [second_id],
+    }
+
+
 async def test_read_many_zero_count_raises(broker: Broker) -> None:
     with pytest.raises(ValueError, match="count must be at least 1, got 0"):
         await broker.read_many({new_stream(): "0-0"}, count=0, block_ms=0)
