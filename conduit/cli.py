@@ -16,14 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from conduit import __version__
-from conduit.sdk import DEFAULT_DEMO_TEXT, PHASES
 from conduit.dev_keys import DEFAULT_STATE_DIR
 from conduit.errors import ConfigError
+from conduit.ids import UINT64_DIGITS, UINT64_MAX, describe_value
+from conduit.sdk import DEFAULT_DEMO_TEXT, PHASES
 
 __all__ = ["ROLE_VARIABLES", "build_parser", "main"]
 
-
-_MAX_UINT64 = 2**64 - 1
 
 # Environment variable -> (flag, metavar, help). A flag wins over its variable.
 _VARIABLES: dict[str, tuple[str, str, str]] = {
@@ -352,8 +351,9 @@ def _overrides(args: argparse.Namespace, role: str) -> dict[str, str | None]:
 
 
 def _org_id(raw: str) -> int:
-    if not raw.isdigit() or int(raw) > _MAX_UINT64:
-        raise argparse.ArgumentTypeError(f"must be a non-negative 64-bit integer, got {raw!r}")
+    # str.isdigit() would also accept other scripts' digits and numbers too long for int().
+    if UINT64_DIGITS.fullmatch(raw) is None or int(raw) > UINT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be a non-negative 64-bit integer, got {describe_value(raw)}")
     return int(raw)
 
 
@@ -363,13 +363,13 @@ def _uuid(raw: str) -> str:
     except ValueError:
         value = None
     if value is None or str(value) != raw.lower():
-        raise argparse.ArgumentTypeError(f"must be a UUID such as 97f58c19-ce38-4c6b-8a5b-47f3405691f0, got {raw!r}")
+        raise argparse.ArgumentTypeError(f"must be a UUID such as 97f58c19-ce38-4c6b-8a5b-47f3405691f0, got {describe_value(raw)}")
     return str(value)
 
 
 def _non_negative_int(raw: str) -> int:
-    if not raw.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {raw!r}")
+    if UINT64_DIGITS.fullmatch(raw) is None:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {describe_value(raw)}")
     return int(raw)
 
 

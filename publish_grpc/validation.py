@@ -14,7 +14,6 @@ Every error message names the field and the value received, shortened when long.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -22,6 +21,7 @@ from google.protobuf.struct_pb2 import Struct, Value
 
 from broker.keys import stream_key
 from conduit.errors import InvalidArgument, PayloadTooLarge
+from conduit.ids import UINT64_DIGITS, UINT64_MAX, UUID_PATTERN, describe_value
 from conduit.v1alpha.publish_pb2 import Phase, PublishRequest
 
 __all__ = [
@@ -35,13 +35,7 @@ __all__ = [
     "validate_publish",
 ]
 
-UINT64_MAX = 2**64 - 1
-
-_UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _UUID_FORM = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
-# 20 digits cover every uint64 and keep int() below its limit on digits (4300 by default).
-_DIGITS_PATTERN = re.compile(r"[0-9]{1,20}")
-_PREVIEW_MAX_CHARS = 64
 _ACCEPTED_PHASES = (Phase.PHASE_START, Phase.PHASE_DELTA, Phase.PHASE_END, Phase.PHASE_ERROR)
 
 
@@ -67,20 +61,13 @@ class ValidatedPublish:
     message_id: str
 
 
-def describe_value(value: str) -> str:
-    """Quote ``value`` for an error message, shortened to a bounded length."""
-    if len(value) <= _PREVIEW_MAX_CHARS:
-        return repr(value)
-    return f"{value[:_PREVIEW_MAX_CHARS]!r}... ({len(value)} characters)"
-
-
 def parse_path(org_id: str, channel_id: str) -> PathIds:
     """Validate the path parameters of ``POST /publish/{org_id}/{channel_id}``.
 
     Raises InvalidArgument unless org_id is a decimal integer from 0 to 2**64-1
     and channel_id is a UUID in the canonical hyphenated form.
     """
-    if not _DIGITS_PATTERN.fullmatch(org_id):
+    if not UINT64_DIGITS.fullmatch(org_id):
         if org_id.isascii() and org_id.isdigit():
             raise InvalidArgument(f"org_id in the path must be at most {UINT64_MAX}, got {describe_value(org_id)}")
         raise InvalidArgument(f"org_id in the path must be a non-negative integer, got {describe_value(org_id)}")
@@ -150,7 +137,7 @@ def validate_publish(data: bytes, *, max_message_bytes: int, path: PathIds | Non
 def _canonical_uuid(value: str, field: str) -> str:
     if value == "":
         raise InvalidArgument(f"{field} is missing: set it to a UUID ({_UUID_FORM})")
-    if not _UUID_PATTERN.fullmatch(value):
+    if not UUID_PATTERN.fullmatch(value):
         raise InvalidArgument(f"{field} must be a UUID ({_UUID_FORM}), got {describe_value(value)}")
     return value.lower()
 

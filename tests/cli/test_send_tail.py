@@ -209,6 +209,21 @@ def test_send_bad_input_exits_2(
     assert message in err
 
 
+@pytest.mark.parametrize(
+    ("org_id", "shown"),
+    [("\u0663", repr("\u0663")), ("9" * 5000, repr("9" * 64) + "... (5000 characters)"), (str(2**64), repr(str(2**64)))],
+)
+def test_send_org_id_rejected_exits_2(
+    channel_id: str, capsys: pytest.CaptureFixture[str], org_id: str, shown: str
+) -> None:
+    status = main(["send", "--org-id", org_id, "--channel-id", channel_id, "--demo"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"argument --org-id: must be a non-negative 64-bit integer, got {shown}" in err
+    assert "Traceback" not in err
+
+
 def test_send_needs_phase_or_demo(channel_id: str, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["send", "--org-id", "1", "--channel-id", channel_id])
 
