@@ -6,7 +6,7 @@ increase strictly as Redis's do, and each stream keeps its newest
 stream. END sets an expiry and untracks the stream, and activity tracking
 records the last publish second. Nothing is shared between processes.
 
-Memory stays bounded: a stream holds at most ``max_stream_len`` entries, rate
+Memory stays bounded: a stream keeps at most ``max_stream_len`` entries, rate
 windows and remembered message_ids are dropped as their windows end, and waiter
 records are dropped when their last reader leaves. Only the number of streams
 grows with use, and END expiry plus ``delete_idle`` bound it.

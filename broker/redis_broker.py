@@ -128,7 +128,7 @@ class RedisBroker(Broker):
         """Append per the Broker contract: track the stream, then run append.lua.
 
         The tracking ZADD is skipped when this process tracked the stream less
-        than ``tracking_refresh_s`` ago. The script is then told so, and if the
+        than ``tracking_refresh_s`` ago. The script then gets a flag for it, and if the
         stream no longer exists (cleanup deleted it, or it expired after an
         END) it appends nothing and the stream is tracked before the script
         runs again. So every stream is tracked before it is created, and a
@@ -291,7 +291,7 @@ class RedisBroker(Broker):
     async def ping(self) -> None:
         """Ping Redis; on a cluster, every master, because each one serves a share of the channels.
 
-        redis-py sends a cluster PING to one node unless told otherwise, which
+        redis-py sends a cluster PING to one node unless given target nodes, which
         would report a cluster with a master down as reachable.
         """
         self._check_open()

@@ -1,7 +1,7 @@
 """Conduit: real-time delivery of message streams from backend services to browsers.
 
 The services live in the top-level packages ``broker``, ``publish_grpc`` and
-``gateway_http``. This package holds what they share (wire format, settings,
+``gateway_http``. This package contains what they share (wire format, settings,
 errors, logging, the HTTP server runner) and the ``conduit`` command line.
 Importing it loads none of the services.
 """

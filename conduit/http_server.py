@@ -2,7 +2,7 @@
 
 uvicorn's own ``serve()`` installs signal handlers and re-raises the signal when
 it returns, which would end a process that also runs a gRPC server or a second
-app. Here the caller owns signals and shutdown; the socket is bound before
+app. Here the caller owns signals and shutdown. The socket is bound before
 serving starts, so the real port is known at once, even for port 0.
 """
 

@@ -8,7 +8,7 @@ origin. Litestar applies one CORS configuration per app, so extra handlers
 cannot bring their own.
 
 When a request carries both a ``Last-Event-ID`` header and a ``last_event_id``
-query parameter, the header wins: a browser's EventSource reconnects to the
+query parameter, the header wins. A browser's EventSource reconnects to the
 same URL and puts the newest id it saw in the header, so the query value is the
 older one. Both are validated.
 

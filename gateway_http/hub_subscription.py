@@ -98,10 +98,10 @@ class SubscriptionPolicy:
 class HubSubscription(Subscription):
     """A subscription of ``HubFeed``; see the module docstring for the hand-over.
 
-    A gateway has many of these, mostly idle, so one keeps little state: a
-    plain list as its queue, a future only while a consumer waits, and the
-    end of that wait in ``wait_deadlines``, which the hub's subscriptions
-    share, instead of a timer of its own.
+    A gateway has many of these, mostly idle, so each keeps little state. Its
+    queue is a plain list, and it has a future only while a consumer waits.
+    The end of that wait sits in ``wait_deadlines``, which the hub's
+    subscriptions share, instead of a timer of its own.
     """
 
     __slots__ = (

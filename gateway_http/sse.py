@@ -470,7 +470,7 @@ class _DisconnectWatch:
                 self._finish(error)
                 return
             if waiting_for is None:
-                # A bare yield asks to be resumed on the next loop pass.
+                # A bare yield resumes this coroutine on the next loop pass.
                 asyncio.get_running_loop().call_soon(self._resume)
             else:
                 waiting_for._asyncio_future_blocking = False
