@@ -26,18 +26,15 @@ import pytest
 from broker import create_broker
 from broker.base import Broker
 from conduit.sdk import build_request
-from tests.publishing import publish_http
-from conduit.settings import BrokerSettings, JwtSettings, Settings
-from conduit.tokens import generate_rsa_key_pair, mint_publisher_token, mint_subscriber_token
+from conduit.settings import BrokerSettings
+from conduit.tokens import generate_rsa_key_pair
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
-from gateway_http.server import GatewayServer
-from publish_grpc.server import PublishServer
+from tests.publishing import publish_http
+from tests.services import Credentials, LocalService, local_settings
 
 ORG_ID = 123
 _SECRET = "end-to-end-publish-secret-0123456789abcdef"
 _ISSUER = "backend"
-_PUBLISH_AUDIENCE = "conduit-publish"
-_GATEWAY_AUDIENCE = "conduit-gateway"
 _TIMEOUT_S = 15
 _DEV_START_TIMEOUT_S = 30
 _DEV_STOP_TIMEOUT_S = 30
@@ -63,53 +60,13 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     await instance.close()
 
 
-class Service:
-    """The publish service and the gateway on one broker, on free loopback ports."""
-
-    def __init__(self, publish: PublishServer, gateway: GatewayServer, private_pem: str) -> None:
-        self.publish = publish
-        self.gateway = gateway
-        self._private_pem = private_pem
-
-    @property
-    def publish_url(self) -> str:
-        return f"http://127.0.0.1:{self.publish.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.publish.grpc_port}"
-
-    @property
-    def events_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway.port}/events/{ORG_ID}"
-
-    def publisher_token(self) -> str:
-        return mint_publisher_token(_SECRET, issuer=_ISSUER, audience=_PUBLISH_AUDIENCE)
-
-    def subscriber_token(self, channel_id: str) -> str:
-        return mint_subscriber_token(
-            self._private_pem, issuer=_ISSUER, audience=_GATEWAY_AUDIENCE, org_id=ORG_ID, channel_id=channel_id
-        )
-
-
 @pytest.fixture
-async def service(broker: Broker, rsa_keys: tuple[str, str]) -> AsyncIterator[Service]:
-    private_pem, public_pem = rsa_keys
-    settings = Settings(
-        host="127.0.0.1",
-        publish_port=0,
-        publish_grpc_port=0,
-        gateway_port=0,
-        publish_jwt=JwtSettings(key=_SECRET, issuer=_ISSUER, audience=_PUBLISH_AUDIENCE),
-        gateway_jwt=JwtSettings(key=public_pem, issuer=_ISSUER, audience=_GATEWAY_AUDIENCE),
-    )
-    publish = PublishServer(settings, broker)
-    gateway = GatewayServer(settings, broker)
-    await publish.start()
-    await gateway.start()
-    yield Service(publish, gateway, private_pem)
-    await gateway.stop(grace_s=5)
-    await publish.stop(grace_s=5)
+async def service(broker: Broker, rsa_keys: tuple[str, str]) -> AsyncIterator[LocalService]:
+    credentials = Credentials(ORG_ID, _SECRET, _ISSUER, private_pem=rsa_keys[0], public_pem=rsa_keys[1])
+    running = LocalService(local_settings(credentials), credentials)
+    await running.start(broker)
+    yield running
+    await running.stop()
 
 
 def hello_world_requests(channel_id: str) -> list[publish_pb2.PublishRequest]:
@@ -156,7 +113,7 @@ class Subscriber:
         return [frame for frame in frames if not frame.startswith(":")]
 
 
-async def subscribe(service: Service, channel_id: str, **headers: str) -> Subscriber:
+async def subscribe(service: LocalService, channel_id: str, **headers: str) -> Subscriber:
     params = {"token": service.subscriber_token(channel_id), "channel_id": channel_id}
     subscriber = Subscriber(service.events_url, params, {key.replace("_", "-"): value for key, value in headers.items()})
     await asyncio.wait_for(subscriber.connected.wait(), _TIMEOUT_S)
@@ -164,11 +121,11 @@ async def subscribe(service: Service, channel_id: str, **headers: str) -> Subscr
     return subscriber
 
 
-Publisher = Callable[[Service, list[publish_pb2.PublishRequest], Callable[[], Awaitable[None]]], Awaitable[list[str]]]
+Publisher = Callable[[LocalService, list[publish_pb2.PublishRequest], Callable[[], Awaitable[None]]], Awaitable[list[str]]]
 
 
 async def publish_over_http(
-    service: Service, requests: list[publish_pb2.PublishRequest], after_first_delta: Callable[[], Awaitable[None]]
+    service: LocalService, requests: list[publish_pb2.PublishRequest], after_first_delta: Callable[[], Awaitable[None]]
 ) -> list[str]:
     stream_ids = []
     async with httpx.AsyncClient() as client:
@@ -180,7 +137,7 @@ async def publish_over_http(
 
 
 async def publish_over_grpc_stream(
-    service: Service, requests: list[publish_pb2.PublishRequest], after_first_delta: Callable[[], Awaitable[None]]
+    service: LocalService, requests: list[publish_pb2.PublishRequest], after_first_delta: Callable[[], Awaitable[None]]
 ) -> list[str]:
     stream_ids = []
     async with grpc.aio.insecure_channel(service.grpc_target) as channel:
@@ -201,7 +158,7 @@ async def publish_over_grpc_stream(
 
 
 @pytest.mark.parametrize("publish", [publish_over_http, publish_over_grpc_stream], ids=["http", "grpc-stream"])
-async def test_hello_world_reaches_every_subscriber(service: Service, publish: Publisher) -> None:
+async def test_hello_world_reaches_every_subscriber(service: LocalService, publish: Publisher) -> None:
     channel_id = str(uuid.uuid4())
     requests = hello_world_requests(channel_id)
     early = await subscribe(service, channel_id)
@@ -225,7 +182,7 @@ async def test_hello_world_reaches_every_subscriber(service: Service, publish: P
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
-async def test_resume_after_last_event_id(service: Service, how: str) -> None:
+async def test_resume_after_last_event_id(service: LocalService, how: str) -> None:
     channel_id = str(uuid.uuid4())
     requests = hello_world_requests(channel_id)
 

@@ -20,7 +20,7 @@ import pytest
 
 from broker.keys import stream_key
 from conduit.v1alpha import publish_pb2
-from tests.faults.conftest import Service
+from tests.services import LocalService
 from tests.faults.helpers import ORG_ID, Subscriber, delta_request, post_publish
 from tests.redis_process import RedisProcess
 
@@ -55,7 +55,7 @@ class Attempt:
 class ChannelPublisher:
     """Publishes START, then a DELTA every few milliseconds until stopped, then END; records every attempt."""
 
-    def __init__(self, client: httpx.AsyncClient, service: Service, channel_id: str) -> None:
+    def __init__(self, client: httpx.AsyncClient, service: LocalService, channel_id: str) -> None:
         self._client = client
         self._service = service
         self.channel_id = channel_id
@@ -138,7 +138,7 @@ def _stored_entries(redis_process: RedisProcess, channel_id: str) -> list[tuple[
     ]
 
 
-async def _start_subscribers(client: httpx.AsyncClient, service: Service, channel_ids: list[str],
+async def _start_subscribers(client: httpx.AsyncClient, service: LocalService, channel_ids: list[str],
                              per_channel: int) -> list[Subscriber]:
     subscribers = [
         Subscriber(client, [service.events_url], channel_id=channel_id,
@@ -157,7 +157,7 @@ async def test_outage_short_loses_nothing_acknowledged(
     redis_process: RedisProcess,
     record_figures: Callable[[str, dict[str, Any]], Any],
 ) -> None:
-    service: Service = await service_factory(broker_retry_budget_s=30)
+    service: LocalService = await service_factory(broker_retry_budget_s=30)
     channel_ids = [f"00000000-0000-4000-8000-{index:012d}" for index in range(_CHANNELS)]
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     stopping = asyncio.Event()
@@ -247,10 +247,12 @@ async def test_outage_short_loses_nothing_acknowledged(
         stored_set = set(stored[channel_id])
         assert [entry for entry in entries if entry not in stored_set] == [], "acknowledged but not stored"
     for subscriber in subscribers:
-        assert len(subscriber.connections) == 1
-        assert subscriber.connections[0].ended_by_server
-        assert subscriber.events_of("error") == []
-        assert subscriber.events_of("control") == []
+        connections = subscriber.connections
+        statuses = [connection.status_code for connection in connections]
+        assert len(connections) == 1, f"{subscriber.channel_id}: {len(connections)} connections, statuses {statuses}"
+        assert connections[0].ended_by_server, f"{subscriber.channel_id}: the stream did not end by the server"
+        assert subscriber.events_of("error") == [], f"{subscriber.channel_id}: {subscriber.events_of('error')}"
+        assert subscriber.events_of("control") == [], f"{subscriber.channel_id}: {subscriber.events_of('control')}"
         delivered = [(event.id, event.data["message_id"]) for event in subscriber.stream_events]
         # Exactly the stored entries, each once and in stream order, which is the order acknowledged.
         assert delivered == stored[subscriber.channel_id]
@@ -263,7 +265,7 @@ async def test_outage_longer_than_budget_sends_error(
     redis_process: RedisProcess,
     subscriber_count: int,
 ) -> None:
-    service: Service = await service_factory(broker_retry_budget_s=1.0)
+    service: LocalService = await service_factory(broker_retry_budget_s=1.0)
     channel_id = "00000000-0000-4000-8000-00000000beef"
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
 

@@ -21,7 +21,7 @@ import redis
 
 from broker.keys import stream_key
 from conduit.v1alpha import publish_pb2
-from tests.faults.conftest import Service
+from tests.services import LocalService
 from tests.faults.helpers import (
     ORG_ID,
     Subscriber,
@@ -58,23 +58,23 @@ _REDIS_CLIENT_TOLERANCE = 10
 _RSS_TOLERANCE_BYTES = 32 * 1024 * 1024
 
 
-async def _open_streams(client: httpx.AsyncClient, service: Service) -> float:
+async def _open_streams(client: httpx.AsyncClient, service: LocalService) -> float:
     response = await client.get(f"{service.gateway_url}/metrics", timeout=_REQUEST_TIMEOUT_S)
     return metric_value(response.text, _OPEN_STREAMS)
 
 
-async def _wait_open_streams(client: httpx.AsyncClient, service: Service, expected: float) -> None:
+async def _wait_open_streams(client: httpx.AsyncClient, service: LocalService, expected: float) -> None:
     async with asyncio.timeout(_WAIT_TIMEOUT_S):
         while await _open_streams(client, service) != expected:
             await asyncio.sleep(0.05)
 
 
-def _request_bytes(service: Service, channel_id: str) -> bytes:
+def _request_bytes(service: LocalService, channel_id: str) -> bytes:
     query = urlencode({"token": service.subscriber_token(channel_id), "channel_id": channel_id})
     return f"GET /events/{ORG_ID}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
 
 
-def _connect_without_reading(service: Service, channel_id: str) -> socket.socket:
+def _connect_without_reading(service: LocalService, channel_id: str) -> socket.socket:
     """Open a subscription from a socket with a small receive buffer that is never read."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SLOW_CLIENT_RCVBUF_BYTES)
@@ -84,7 +84,7 @@ def _connect_without_reading(service: Service, channel_id: str) -> socket.socket
     return sock
 
 
-async def _publish_many(client: httpx.AsyncClient, service: Service, channel_id: str, count: int) -> None:
+async def _publish_many(client: httpx.AsyncClient, service: LocalService, channel_id: str, count: int) -> None:
     token = service.publisher_token()
     sequences = iter(range(2, count + 2))
 
@@ -101,7 +101,7 @@ async def test_slow_client_dropped_others_continue(
     service_factory: Callable[..., Any],
     record_figures: Callable[[str, dict[str, Any]], Any],
 ) -> None:
-    service: Service = await service_factory(send_timeout_s=_SEND_TIMEOUT_S)
+    service: LocalService = await service_factory(send_timeout_s=_SEND_TIMEOUT_S)
     channel_id = "00000000-0000-4000-8000-00000000510e"
     token = service.publisher_token()
 
@@ -206,7 +206,7 @@ async def _cycle(request: bytes, port: int, leave: Leave) -> None:
         await writer.wait_closed()
 
 
-async def _churn(service: Service, requests: dict[str, bytes], cycles: int) -> None:
+async def _churn(service: LocalService, requests: dict[str, bytes], cycles: int) -> None:
     assert service.gateway is not None
     port = service.gateway.port
     numbers = iter(range(cycles))
@@ -221,7 +221,7 @@ async def _churn(service: Service, requests: dict[str, bytes], cycles: int) -> N
     await asyncio.gather(*(worker() for _ in range(_CHURN_CONCURRENCY)))
 
 
-async def _settled_counts(client: httpx.AsyncClient, service: Service, redis_process: RedisProcess,
+async def _settled_counts(client: httpx.AsyncClient, service: LocalService, redis_process: RedisProcess,
                           open_streams: float, task_limit: int | None) -> dict[str, int]:
     """Wait until no stream is open (and tasks are back under ``task_limit``), then measure."""
     await _wait_open_streams(client, service, open_streams)
@@ -244,7 +244,7 @@ async def test_churn_leaves_nothing_behind(
     redis_process: RedisProcess,
     record_figures: Callable[[str, dict[str, Any]], Any],
 ) -> None:
-    service: Service = await service_factory()
+    service: LocalService = await service_factory()
     history_channel = "00000000-0000-4000-8000-0000000c0001"
     live_channel = "00000000-0000-4000-8000-0000000c0002"
     await asyncio.to_thread(_fill_history, redis_process, history_channel)

@@ -23,25 +23,26 @@ from conduit.settings import BrokerSettings
 from conduit.v1alpha import publish_pb2
 from publish_grpc.server import PublishServer
 from tests.redis_process import free_port
-from tests.sdk.conftest import ORG_ID, Service
+from tests.sdk.conftest import ORG_ID
+from tests.services import LocalService
 
 _TIMEOUT_S = 15
 
-PublisherFactory = Callable[[Service, str], Publisher]
+PublisherFactory = Callable[[LocalService, str], Publisher]
 
 
-def grpc_publisher(service: Service, token: str) -> Publisher:
+def grpc_publisher(service: LocalService, token: str) -> Publisher:
     return GrpcPublisher(service.grpc_target, token, org_id=ORG_ID)
 
 
-def http_publisher(service: Service, token: str) -> Publisher:
+def http_publisher(service: LocalService, token: str) -> Publisher:
     return HttpPublisher(service.publish_url, token, org_id=ORG_ID)
 
 
 both_transports = pytest.mark.parametrize("make", [grpc_publisher, http_publisher], ids=["grpc", "http"])
 
 
-async def _read_all(service: Service, channel_id: str) -> list[StreamEvent]:
+async def _read_all(service: LocalService, channel_id: str) -> list[StreamEvent]:
     events: list[StreamEvent] = []
     async with asyncio.timeout(_TIMEOUT_S), Subscriber(
         service.gateway_url, service.subscriber_token(channel_id), org_id=ORG_ID, channel_id=channel_id
@@ -52,14 +53,14 @@ async def _read_all(service: Service, channel_id: str) -> list[StreamEvent]:
     return events
 
 
-async def _stored_phases(service: Service, channel_id: str) -> list[int]:
+async def _stored_phases(service: LocalService, channel_id: str) -> list[int]:
     entries = await service.broker.read(stream_key(ORG_ID, channel_id), "0-0", count=100, block_ms=0)
     return [publish_pb2.PublishRequest.FromString(entry.data).phase for entry in entries]
 
 
 @both_transports
 async def test_stream_sends_start_deltas_end_with_sequences(
-    service: Service, channel_id: str, make: PublisherFactory
+    service: LocalService, channel_id: str, make: PublisherFactory
 ) -> None:
     async with make(service, service.publisher_token()) as publisher, asyncio.timeout(_TIMEOUT_S):
         async with publisher.stream(channel_id) as stream:
@@ -77,7 +78,7 @@ async def test_stream_sends_start_deltas_end_with_sequences(
 
 
 @both_transports
-async def test_send_one_message_returns_stream_id(service: Service, channel_id: str, make: PublisherFactory) -> None:
+async def test_send_one_message_returns_stream_id(service: LocalService, channel_id: str, make: PublisherFactory) -> None:
     async with make(service, service.publisher_token()) as publisher, asyncio.timeout(_TIMEOUT_S):
         first = await publisher.send(channel_id, "delta", {"value": "one"}, sequence=1)
         second = await publisher.send(channel_id, publish_pb2.PHASE_END, sequence=2)
@@ -89,7 +90,7 @@ async def test_send_one_message_returns_stream_id(service: Service, channel_id: 
 
 
 @both_transports
-async def test_stream_block_raising_sends_error(service: Service, channel_id: str, make: PublisherFactory) -> None:
+async def test_stream_block_raising_sends_error(service: LocalService, channel_id: str, make: PublisherFactory) -> None:
     async with make(service, service.publisher_token()) as publisher, asyncio.timeout(_TIMEOUT_S):
         with pytest.raises(KeyError):
             async with publisher.stream(channel_id) as stream:
@@ -103,7 +104,7 @@ async def test_stream_block_raising_sends_error(service: Service, channel_id: st
 
 @both_transports
 async def test_stream_cancelled_in_the_middle_sends_nothing_more(
-    service: Service, channel_id: str, make: PublisherFactory
+    service: LocalService, channel_id: str, make: PublisherFactory
 ) -> None:
     delta_sent = asyncio.Event()
 
@@ -132,7 +133,7 @@ async def test_stream_cancelled_in_the_middle_sends_nothing_more(
     ("make", "status"), [(grpc_publisher, "gRPC UNAUTHENTICATED"), (http_publisher, "HTTP 401")], ids=["grpc", "http"]
 )
 async def test_publish_bad_token_raises_rejected(
-    service: Service, channel_id: str, make: PublisherFactory, status: str
+    service: LocalService, channel_id: str, make: PublisherFactory, status: str
 ) -> None:
     async with make(service, "not-a-jwt") as publisher, asyncio.timeout(_TIMEOUT_S):
         with pytest.raises(PublishRejected) as caught:
@@ -163,7 +164,7 @@ async def test_grpc_publish_unreachable_raises_unreachable(channel_id: str) -> N
     assert "UNAVAILABLE" in caught.value.message
 
 
-async def test_publisher_bad_phase_raises_value_error(service: Service, channel_id: str) -> None:
+async def test_publisher_bad_phase_raises_value_error(service: LocalService, channel_id: str) -> None:
     async with grpc_publisher(service, service.publisher_token()) as publisher:
         with pytest.raises(ValueError, match="phase must be one of start, delta, end, error, got 'middle'"):
             await publisher.send(channel_id, "middle", sequence=1)
@@ -176,7 +177,7 @@ def test_publisher_repr_hides_token() -> None:
 
 
 @pytest.fixture
-async def rate_limited_publish_url(service: Service, redis_url: str) -> AsyncIterator[str]:
+async def rate_limited_publish_url(service: LocalService, redis_url: str) -> AsyncIterator[str]:
     """A second publish service on the same Redis that accepts one publish per channel per second."""
     broker = create_broker(BrokerSettings(redis_url=redis_url, rate_limit=1, rate_window_s=1))
     publish = PublishServer(service.settings, broker)
@@ -187,7 +188,7 @@ async def rate_limited_publish_url(service: Service, redis_url: str) -> AsyncIte
 
 
 async def test_http_publish_rate_limited_raises_429(
-    service: Service, rate_limited_publish_url: str, channel_id: str
+    service: LocalService, rate_limited_publish_url: str, channel_id: str
 ) -> None:
     async with asyncio.timeout(_TIMEOUT_S), HttpPublisher(
         rate_limited_publish_url, service.publisher_token(), org_id=ORG_ID, max_rate_limit_retries=0
@@ -202,7 +203,7 @@ async def test_http_publish_rate_limited_raises_429(
 
 
 async def test_http_publish_rate_limited_retries_after(
-    service: Service, rate_limited_publish_url: str, channel_id: str
+    service: LocalService, rate_limited_publish_url: str, channel_id: str
 ) -> None:
     async with asyncio.timeout(_TIMEOUT_S), HttpPublisher(
         rate_limited_publish_url, service.publisher_token(), org_id=ORG_ID

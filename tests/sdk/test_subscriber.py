@@ -8,19 +8,20 @@ import pytest
 
 from conduit.sdk import ControlEvent, GrpcPublisher, StreamEvent, Subscriber, SubscribeFailed
 from tests.redis_process import free_port
-from tests.sdk.conftest import ORG_ID, Service
+from tests.sdk.conftest import ORG_ID
+from tests.services import LocalService
 
 _TIMEOUT_S = 15
 
 
-def _subscriber(service: Service, channel_id: str, **options: object) -> Subscriber:
+def _subscriber(service: LocalService, channel_id: str, **options: object) -> Subscriber:
     return Subscriber(
         service.gateway_url, service.subscriber_token(channel_id), org_id=ORG_ID, channel_id=channel_id,
         **options,  # type: ignore[arg-type]
     )
 
 
-async def test_subscriber_resumes_after_gateway_drain_and_restart(service: Service, channel_id: str) -> None:
+async def test_subscriber_resumes_after_gateway_drain_and_restart(service: LocalService, channel_id: str) -> None:
     events: list[StreamEvent | ControlEvent] = []
     first_delta = asyncio.Event()
     refreshed: list[str] = []
@@ -56,7 +57,7 @@ async def test_subscriber_resumes_after_gateway_drain_and_restart(service: Servi
     assert refreshed == [channel_id]
 
 
-async def test_subscriber_starts_after_last_event_id(service: Service, channel_id: str) -> None:
+async def test_subscriber_starts_after_last_event_id(service: LocalService, channel_id: str) -> None:
     async with GrpcPublisher(service.grpc_target, service.publisher_token(), org_id=ORG_ID) as publisher:
         async with publisher.stream(channel_id) as stream:
             await stream.delta({"value": "seen"})
@@ -70,7 +71,7 @@ async def test_subscriber_starts_after_last_event_id(service: Service, channel_i
     assert [event.id for event in events] == stream.stream_ids[2:]
 
 
-async def test_subscriber_token_for_other_channel_raises_403(service: Service, channel_id: str) -> None:
+async def test_subscriber_token_for_other_channel_raises_403(service: LocalService, channel_id: str) -> None:
     other = Subscriber(
         service.gateway_url, service.subscriber_token(channel_id, org_id=ORG_ID + 1),
         org_id=ORG_ID, channel_id=channel_id,
@@ -95,7 +96,7 @@ async def test_subscriber_unreachable_gives_up_after_max_reconnects(channel_id: 
     assert "after 1 reconnects" in caught.value.message
 
 
-async def test_subscriber_cancelled_in_the_middle_closes_its_stream(service: Service, channel_id: str) -> None:
+async def test_subscriber_cancelled_in_the_middle_closes_its_stream(service: LocalService, channel_id: str) -> None:
     started = asyncio.Event()
 
     async def follow() -> None:
@@ -118,7 +119,7 @@ async def test_subscriber_cancelled_in_the_middle_closes_its_stream(service: Ser
     assert service.gateway.open_stream_count == 0
 
 
-async def test_subscriber_break_closes_its_stream(service: Service, channel_id: str) -> None:
+async def test_subscriber_break_closes_its_stream(service: LocalService, channel_id: str) -> None:
     async with asyncio.timeout(_TIMEOUT_S), GrpcPublisher(
         service.grpc_target, service.publisher_token(), org_id=ORG_ID
     ) as publisher:
