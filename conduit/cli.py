@@ -231,7 +231,14 @@ def _add_tail_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     tail.add_argument(
         "--max-reconnects", type=_non_negative_int, default=5, metavar="N", help="reconnects in a row without progress (default 5)"
     )
-    tail.add_argument("--timeout-s", type=_positive_float, default=None, metavar="SECONDS", help="give up when END has not arrived in time")
+    tail.add_argument(
+        "--timeout-s",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="exit with status 1 when END has not arrived within SECONDS (default: no limit, so a channel "
+        "that never ends, or whose stream has already expired, is watched until interrupted)",
+    )
     _add_state_dir(tail)
     tail.set_defaults(handler=_tail)
 
