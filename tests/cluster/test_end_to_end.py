@@ -20,12 +20,12 @@ from broker import create_broker
 from broker.base import Broker
 from broker.keys import stream_key
 from conduit.sdk import build_request
-from tests.publishing import publish_http
 from conduit.settings import BrokerSettings
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
+from tests.publishing import publish_http
+from tests.services import LocalService
 from tests.test_end_to_end import (  # noqa: F401 (fixtures and tests collected here again)
     ORG_ID,
-    Service,
     rsa_keys,
     service,
     test_conduit_dev_serves_hello_world,
@@ -59,7 +59,7 @@ def dev_environment(redis_cluster_url: str) -> dict[str, str]:
     return env
 
 
-async def publish_over_grpc_unary(service: Service, request: publish_pb2.PublishRequest) -> str:
+async def publish_over_grpc_unary(service: LocalService, request: publish_pb2.PublishRequest) -> str:
     async with grpc.aio.insecure_channel(service.grpc_target) as channel:
         stub = publish_pb2_grpc.PublishServiceStub(channel)
         response = await stub.Publish(
@@ -69,7 +69,7 @@ async def publish_over_grpc_unary(service: Service, request: publish_pb2.Publish
 
 
 @pytest.mark.parametrize("broker", ["memory", "redis", "cluster"], indirect=True)
-async def test_retried_message_id_returns_original_id(service: Service, broker: Broker) -> None:
+async def test_retried_message_id_returns_original_id(service: LocalService, broker: Broker) -> None:
     channel_id = str(uuid.uuid4())
     request = build_request(
         org_id=ORG_ID, channel_id=channel_id, phase=publish_pb2.PHASE_DELTA, sequence=1, payload={"value": "once"}
@@ -88,7 +88,7 @@ async def test_retried_message_id_returns_original_id(service: Service, broker: 
 
 
 @pytest.mark.parametrize("broker", ["memory", "redis", "cluster"], indirect=True)
-async def test_retry_over_grpc_first_returns_original_id(service: Service, broker: Broker) -> None:
+async def test_retry_over_grpc_first_returns_original_id(service: LocalService, broker: Broker) -> None:
     channel_id = str(uuid.uuid4())
     request = build_request(org_id=ORG_ID, channel_id=channel_id, phase=publish_pb2.PHASE_END, sequence=9)
 
