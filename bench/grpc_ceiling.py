@@ -10,12 +10,13 @@ and responds to each request with one fixed, pre-encoded PublishResponse without
 decoding the request. Nothing else runs per message, so its rate and CPU per
 message are what grpcio and Python cost before Conduit does any work.
 
-Servers: ``aio`` (grpc.aio, async generator handler), ``aio_rw`` (grpc.aio,
+Servers: ``aio`` (grpc.aio, async generator handler), ``aio_uvloop`` (the
+same on uvloop's event loop, as ``conduit serve`` runs), ``aio_rw`` (grpc.aio,
 ``context.read``/``context.write`` handler) and ``sync`` (``grpc.server`` with
 a thread pool). Loads: ``python`` (``bench.loadgen.grpc_stream_load``, as the
 benchmark runs it) and ``h2load`` (nghttp2's C client, see
 ``bench.h2load``). The CPU per message is the server's utime + stime from
-/proc over the messages answered.
+/proc over the messages it responded to.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bench.loadgen import Target
 from bench.procs import HOST, free_port, process_stats, stop_process, wait_for_port
 
 SERVICE = "conduit.v1alpha.PublishService"
-SERVERS = ("aio", "aio_rw", "sync")
+SERVERS = ("aio", "aio_uvloop", "aio_rw", "sync")
 LOADS = ("python", "h2load")
 
 
@@ -44,7 +45,7 @@ def _response() -> bytes:
     return PublishResponse(stream_id="1764892800000-0").SerializeToString()
 
 
-def _serve_aio(port: int, read_write: bool) -> None:
+def _serve_aio(port: int, read_write: bool, uvloop: bool) -> None:
     import grpc
 
     response = _response()
@@ -67,7 +68,13 @@ def _serve_aio(port: int, read_write: bool) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    if uvloop:
+        import uvloop as uvloop_module
+
+        with asyncio.Runner(loop_factory=uvloop_module.new_event_loop) as runner:
+            runner.run(main())
+    else:
+        asyncio.run(main())
 
 
 def _serve_sync(port: int, threads: int) -> None:
@@ -111,7 +118,7 @@ def _measure(server: str, load: str, seconds: float, streams: int, messages_per_
     finally:
         stop_process(process)
     return (
-        f"{server:7} {load:7} {messages / wall_s:9.0f} messages/s  "
+        f"{server:10} {load:7} {messages / wall_s:9.0f} messages/s  "
         f"{cpu_s / max(messages, 1) * 1e6:6.1f} µs server CPU each  ({messages} in {wall_s:.1f} s)"
     )
 
@@ -131,7 +138,7 @@ def main() -> int:
         _serve_sync(args.port, threads=args.streams + 4)
         return 0
     if args.serve:
-        _serve_aio(args.port, read_write=args.serve == "aio_rw")
+        _serve_aio(args.port, read_write=args.serve == "aio_rw", uvloop=args.serve == "aio_uvloop")
         return 0
     for server in args.server or SERVERS:
         for load in args.load or LOADS:
