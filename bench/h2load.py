@@ -1,4 +1,4 @@
-"""Drive gRPC PublishStream calls with h2load, nghttp2's load generator written in C.
+"""Drive PublishStream calls and HTTP publishes with h2load, nghttp2's load generator written in C.
 
 The Python load generator (grpc.aio) spends CPU on every message, and on a
 small machine it competes with the server for the same cores. h2load sends
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.procs import HOST, RedisServer
 
-__all__ = ["H2loadResult", "ensure_h2load_installed", "grpc_frames", "run_stream_load", "stored_entries"]
+__all__ = ["H2loadResult", "ensure_h2load_installed", "grpc_frames", "run_http_load", "run_stream_load", "stored_entries"]
 
 MESSAGES_PER_CALL = 200
 
@@ -101,12 +101,41 @@ def run_stream_load(
                 f"http://{HOST}:{port}{path}",
             ]
             running.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        results = []
+        return _collect(running, seconds, messages_per_call)
+
+
+def run_http_load(
+    port: int, paths: list[str], body: bytes, *, seconds: float, connections: int, headers: list[str]
+) -> H2loadResult:
+    """POST ``body`` over HTTP/1.1 keep-alive connections for ``seconds``, one request in flight on each.
+
+    h2load sends the requests to ``paths`` in turn. Only 2xx responses count.
+    """
+    with tempfile.TemporaryDirectory(prefix="h2load-") as directory:
+        body_path = Path(directory) / "body.bin"
+        body_path.write_bytes(body)
+        command = [
+            "h2load", "--h1", "-c", str(connections), "-m", "1", "-D", f"{seconds:g}", "-d", str(body_path),
+            *(part for header in headers for part in ("-H", header)),
+            *(f"http://{HOST}:{port}{path}" for path in paths),
+        ]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return _collect([process], seconds, 1)
+
+
+def _collect(running: list[subprocess.Popen[str]], seconds: float, messages_per_call: int) -> H2loadResult:
+    results = []
+    try:
         for process in running:
             output, errors = process.communicate(timeout=seconds + 60)
             if process.returncode != 0:
                 raise RuntimeError(f"h2load exited with status {process.returncode}:\n{errors[-2000:]}")
             results.append(_parse(output, messages_per_call))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
     return H2loadResult(
         calls=sum(result.calls for result in results),
         messages=sum(result.messages for result in results),
@@ -129,8 +158,12 @@ def stored_entries(redis: RedisServer, channels: list[str], *, org_id: int) -> i
 def _parse(output: str, messages_per_call: int) -> H2loadResult:
     finished = re.search(r"finished in ([\d.]+)(m?s)", output)
     succeeded = re.search(r"requests: .* (\d+) succeeded", output)
-    if not finished or not succeeded:
-        raise RuntimeError(f"h2load output has no 'finished in' or 'requests' line:\n{output}")
+    statuses = re.search(r"status codes: (\d+) 2xx", output)
+    if not finished or not succeeded or not statuses:
+        raise RuntimeError(f"h2load output has no 'finished in', 'requests' or 'status codes' line:\n{output}")
     seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
-    calls = int(succeeded.group(1))
+    # "succeeded" counts complete responses, and "2xx" counts by status
+    # including responses still open at the end. The smaller bounds the
+    # complete 2xx responses from above.
+    calls = min(int(succeeded.group(1)), int(statuses.group(1)))
     return H2loadResult(calls=calls, messages=calls * messages_per_call, seconds=seconds)
