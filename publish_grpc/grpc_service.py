@@ -129,8 +129,10 @@ class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
         try:
             result = await self._publisher.append_many(stream, [publish for _, publish in items])
         except BaseException as error:
-            for attempt, _ in items:
-                attempt.finish(error)
+            # Only the first message's failure reaches the caller, so only it is
+            # logged. The others get no response, as after any first failure.
+            items[0][0].finish(error)
+            self.abandon(items[1:])
             if isinstance(error, Exception) and not isinstance(error, ConduitError):
                 raise _LoggedFailure from error
             raise
