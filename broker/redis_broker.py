@@ -61,6 +61,8 @@ _KEPT = -1
 # or the caller skipped tracking and the stream does not exist.
 _RATE_LIMITED = 0
 _NOT_TRACKED = 3
+# ASCII codes of the digits 0-9, for append_many.lua's flags argument.
+_DIGITS = b"0123456789"
 # Entry ids in the form Redis writes them: no leading zeros, both parts below
 # 10**19 and so within 64 bits. read_many passes these through unparsed,
 # because a reader resumes from ids this broker returned.
@@ -184,13 +186,13 @@ class RedisBroker(Broker):
         dedup = self._settings.dedup_window_s > 0
         rate_key = rate_limit_key(stream)
         keys = [stream, rate_key]
-        entry_args: list[Any] = []
+        flags = bytearray()
         for entry in entries:
             remembered = dedup and entry.message_id is not None
             if dedup:
                 # Every entry has a key slot, so KEYS[2 + i] belongs to entry i.
                 keys.append(dedup_key(stream, entry.message_id) if remembered else rate_key)
-            entry_args += (entry.data, 1 if entry.end else 0, 1 if remembered else 0)
+            flags.append(_DIGITS[entry.end + 2 * remembered])
         settings = self._settings
         head = [
             settings.max_stream_len,
@@ -205,13 +207,13 @@ class RedisBroker(Broker):
             skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
             if not skip_tracking:
                 await self._track(stream)
-            args = [*head, 1 if skip_tracking else 0, 1 if dedup else 0, *entry_args]
+            args = [*head, 1 if skip_tracking else 0, 1 if dedup else 0, bytes(flags), *(entry.data for entry in entries)]
             reply = await self._run_append(self._append_many_script, keys, args)
             if reply[0] == _NOT_TRACKED:
                 await self._track(stream)
                 args[5] = 0
                 reply = await self._run_append(self._append_many_script, keys, args)
-        ids = [entry_id.decode() for entry_id in reply[2:]]
+        ids = reply[2].decode().split() if reply[2] else []
         if reply[0] == _RATE_LIMITED:
             error = rate_limited(stream, settings.rate_limit, settings.rate_window_s, reply[1] / 1000)
             return AppendManyResult(ids, error)
