@@ -65,6 +65,23 @@ class Target:
         head = f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\n{auth}content-length: {len(body)}\r\n\r\n"
         return head.encode() + body
 
+    def publish_path(self, channel: str) -> str:
+        """Return the HTTP path that publishes to ``channel``."""
+        return f"/pub/{channel}" if self.kind == "nchan" else f"/publish/1/{channel}"
+
+    def h2load_http_body(self) -> bytes:
+        """Return one body that publishes to any ``publish_path``: Conduit takes org_id and channel_id from the path."""
+        if self.kind == "nchan":
+            return b"#1#"
+        from conduit.v1alpha import publish_pb2
+
+        request = publish_pb2.PublishRequest(message_id=str(uuid.uuid4()), phase=publish_pb2.PHASE_DELTA, sequence=1)
+        request.payload["m"] = "#1#"
+        return request.SerializeToString()
+
+    def h2load_http_headers(self) -> list[str]:
+        return [] if self.kind == "nchan" else [f"authorization: Bearer {self.publish_token}"]
+
     def subscribe_request(self, channel: str) -> bytes:
         if self.kind == "nchan":
             path = f"/sub/{channel}"

@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m bench.profile http           # HTTP shim publishes
     .venv/bin/python -m bench.profile grpc_unary     # unary Publish calls
     .venv/bin/python -m bench.profile grpc_stream    # PublishStream publishes
+    .venv/bin/python -m bench.profile grpc_stream_h2load  # the same, sent by h2load
     .venv/bin/python -m bench.profile fanout         # gateway, 1,000 subscribers of one channel
 
 It starts a private redis-server and both Conduit roles on loopback ports, as
@@ -25,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench import loadgen
+from bench import h2load, loadgen
 from bench import run as runner
 from bench.loadgen import SubscriberGroup, Target
 from bench.procs import HOST, ConduitServers, RedisServer, process_stats
@@ -50,7 +51,7 @@ def _top_frames(raw_path: Path, count: int) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("load", choices=["http", "grpc_unary", "grpc_stream", "fanout"])
+    parser.add_argument("load", choices=["http", "grpc_unary", "grpc_stream", "grpc_stream_h2load", "fanout"])
     parser.add_argument("--seconds", type=float, default=6.0, help="load and recording time (default 6)")
     parser.add_argument("--top", type=int, default=20, help="frames to print (default 20)")
     parser.add_argument("--native", action="store_true", help="include native frames (C extensions)")
@@ -66,6 +67,12 @@ def main() -> int:
         "GATEWAY_JWT_PUBLIC_KEY": public_pem, "GATEWAY_JWT_ISSUER": "bench", "GATEWAY_JWT_AUDIENCE": "browsers",
         "PUBLISH_RATE_LIMIT": str(10**9),
     }
+    if args.load == "grpc_stream_h2load":
+        # h2load sends the same message_ids in every call (see bench.h2load).
+        env["PUBLISH_DEDUP_WINDOW_SEC"] = "0"
+        if not h2load.ensure_h2load_installed():
+            print("h2load is missing and could not be installed", file=sys.stderr)
+            return 1
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as raw_dir, RedisServer.start() as redis, \
             ConduitServers.start(redis.url, env, Path(raw_dir)) as servers:
         time.sleep(1.0)
@@ -91,7 +98,17 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         before = process_stats([process.pid])
-        if group is not None:
+        if args.load == "grpc_stream_h2load":
+            channels = [str(uuid.uuid4()) for _ in range(64)]
+            result = h2load.run_stream_load(
+                servers.grpc_port, "/conduit.v1alpha.PublishService/PublishStream", channels,
+                seconds=args.seconds, streams=8, token=target.publish_token,
+            )
+            operations = result.messages
+            stored = h2load.stored_entries(redis, channels, org_id=1)
+            if stored < operations:
+                print(f"h2load counted {operations} messages, but Redis added only {stored} entries: some calls failed", file=sys.stderr)
+        elif group is not None:
             messages = int(args.seconds * 10)
             plan = [(marker, channel) for marker in range(1, messages + 1)]
             asyncio.run(runner._publish_markers(target, plan, 0.1, 1))

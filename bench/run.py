@@ -8,7 +8,8 @@ Run from the repository root::
 It starts everything it measures as child processes on loopback ports: one
 private redis-server, ``conduit serve publish`` and ``conduit serve gateway``,
 and nginx with Nchan (one worker) with and without Nchan's Redis backend.
-nginx and its Nchan module are installed with apt-get when missing. Results
+nginx and its Nchan module, and h2load (nghttp2-client) for the publish rows
+that use a C client, are installed with apt-get when missing. Results
 are medians of the repeats with their min and max; ratios compare Conduit with
 Nchan from the same run. The Markdown report goes to stdout.
 """
@@ -30,11 +31,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen
+from bench import h2load, loadgen
 from bench.loadgen import SubscriberGroup, Target
 from bench.procs import HOST, ConduitServers, NchanServer, RedisServer, ensure_nchan_installed, process_stats
 
@@ -121,6 +122,46 @@ def scenario_publish(kind: str, target: Target, pids: list[int], redis: RedisSer
             counts = loadgen.run_in_processes(function, args, timeout_s=sizes.publish_s + 60)
         ok = sum(c["ok"] for c in counts)
         failures += sum(c["failed"] for c in counts)
+        rates.append(ok / sizes.publish_s)
+        cpu_us.append(cpu["cpu_s"] / ok * 1e6 if ok else None)
+        redis_us.append(cpu["redis_cpu_s"] / ok * 1e6 if ok else None)
+        redis.cli("FLUSHALL")
+    return {
+        "publishes_per_s": summary(rates),
+        "server_cpu_us_per_publish": summary(cpu_us),
+        "redis_cpu_us_per_publish": summary(redis_us),
+        "failed": failures,
+    }
+
+
+def scenario_publish_h2load(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
+    """Publishes per second and server CPU per publish with h2load as the client: ``http`` or ``grpc_stream``.
+
+    Conduit must run with deduplication off, because h2load sends the same
+    body, and so the same message_id, in every request.
+    """
+    channels = [str(uuid.uuid4()) for _ in range(64)]
+    rates, cpu_us, redis_us, failures = [], [], [], 0
+    for _ in range(sizes.publish_repeats):
+        with cpu_meter(pids, redis.process.pid) as cpu:
+            if kind == "grpc_stream":
+                result = h2load.run_stream_load(
+                    target.grpc_port, "/conduit.v1alpha.PublishService/PublishStream", channels,
+                    seconds=sizes.publish_s, streams=sizes.grpc_streams, token=target.publish_token,
+                )
+            else:
+                result = h2load.run_http_load(
+                    target.publish_port, [target.publish_path(channel) for channel in channels[: sizes.publish_connections]],
+                    target.h2load_http_body(), seconds=sizes.publish_s, connections=sizes.publish_connections,
+                    headers=target.h2load_http_headers(),
+                )
+        ok = result.messages
+        if kind == "grpc_stream":
+            # h2load checks only the HTTP status, so the entries Redis added bound the count.
+            stored = h2load.stored_entries(redis, channels, org_id=1)
+            if stored < ok:
+                failures += ok - stored
+                ok = stored
         rates.append(ok / sizes.publish_s)
         cpu_us.append(cpu["cpu_s"] / ok * 1e6 if ok else None)
         redis_us.append(cpu["redis_cpu_s"] / ok * 1e6 if ok else None)
@@ -305,6 +346,10 @@ def run_target(name: str, target: Target, pids: dict[str, list[int]], redis: Red
     for kind in publish_kinds if "publish" in _selected else ():
         log(f"{name}: publish {kind}")
         results[f"publish_{kind}"] = scenario_publish(kind, target, pids["publish"], redis, sizes)
+    # Conduit's h2load rows run on servers with deduplication off (run_conduit).
+    if target.kind == "nchan" and "publish" in _selected and _h2load_ready():
+        log(f"{name}: publish http with h2load")
+        results["publish_http_h2load"] = scenario_publish_h2load("http", target, pids["publish"], redis, sizes)
     for count in sizes.fanout_counts if "fanout" in _selected else ():
         log(f"{name}: fan-out to {count}")
         results[f"fanout_{count}"] = scenario_fanout(target, count, pids["deliver"], redis, sizes)
@@ -334,7 +379,32 @@ def run_conduit(redis: RedisServer, sizes: Sizes, workers: int, log_dir: Path, l
             publish_token=mint_publisher_token(_SECRET, issuer="bench", audience="conduit", ttl_s=7200),
         )
         pids = {"publish": servers.pids(servers.publish), "deliver": servers.pids(servers.gateway)}
-        return run_target("conduit", target, pids, redis, sizes, log)
+        results = run_target("conduit", target, pids, redis, sizes, log)
+    if "publish" in _selected and _h2load_ready():
+        redis.cli("FLUSHALL")
+        # h2load repeats its body's message_ids, which deduplication would store once.
+        h2load_log_dir = log_dir / "h2load"
+        h2load_log_dir.mkdir(exist_ok=True)
+        with ConduitServers.start(redis.url, {**env, "PUBLISH_DEDUP_WINDOW_SEC": "0"}, h2load_log_dir, workers) as servers:
+            time.sleep(1.0)
+            target = replace(
+                target, publish_port=servers.http_port, subscribe_port=servers.gateway_port, grpc_port=servers.grpc_port
+            )
+            for kind in ("http", "grpc_stream"):
+                log(f"conduit: publish {kind} with h2load, deduplication off")
+                results[f"publish_{kind}_h2load"] = scenario_publish_h2load(
+                    kind, target, servers.pids(servers.publish), redis, sizes
+                )
+    return results
+
+
+def _h2load_ready() -> bool:
+    if "h2load" not in _h2load_state:
+        _h2load_state["h2load"] = h2load.ensure_h2load_installed()
+    return _h2load_state["h2load"]
+
+
+_h2load_state: dict[str, bool] = {}
 
 
 def run_nchan(redis: RedisServer, use_redis: bool, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
@@ -382,7 +452,7 @@ def report(results: dict[str, Any]) -> str:
     lines += ["| publish | target | publishes/s | server CPU µs/publish | Redis CPU µs/publish | ratio vs Nchan+Redis (rate) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name in targets:
-        for kind in ("http", "grpc_unary", "grpc_stream"):
+        for kind in ("http", "grpc_unary", "grpc_stream", "http_h2load", "grpc_stream_h2load"):
             row = results[name].get(f"publish_{kind}")
             if row is None:
                 continue

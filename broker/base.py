@@ -8,10 +8,12 @@ suite in tests/broker runs against both.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Broker", "Entry", "StreamInfo"]
+from conduit.errors import RateLimited
+
+__all__ = ["AppendManyResult", "Broker", "Entry", "NewEntry", "StreamInfo"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,25 @@ class Entry:
 
     id: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """One entry for ``Broker.append_many``, with the meaning that ``append`` gives its arguments."""
+
+    data: bytes
+    end: bool = False
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendManyResult:
+    """Outcome of ``Broker.append_many``: the ids of the entries handled, in order."""
+
+    ids: list[str]
+    """Entry id of each of the first ``len(ids)`` entries: the new one, or the original for a duplicate."""
+    rate_limited: RateLimited | None = None
+    """The rejection of entry ``len(ids)``, which was not appended, or None when every entry was handled."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +79,20 @@ class Broker(abc.ABC):
         ``dedup_window_s`` seconds returns that append's entry id, appends
         nothing, leaves the rate limit untouched and never raises RateLimited.
         ``data`` of a duplicate is not compared with the original.
+        """
+
+    @abc.abstractmethod
+    async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
+        """Append ``entries`` to ``stream`` in order, as ``append`` would one by one, in one atomic step.
+
+        Each entry is deduplicated and counted against the rate limit exactly
+        as by ``append``. The first entry that the rate limit rejects ends the
+        call: it and every later entry are not appended, and the result names
+        the ``RateLimited`` error instead of raising it. Activity tracking ends
+        up as after the same ``append`` calls. Raises ValueError when
+        ``entries`` is empty.
+        Raises BrokerUnavailable as ``append`` does, and then the entries
+        may or may not be stored.
         """
 
     @abc.abstractmethod

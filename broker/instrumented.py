@@ -1,7 +1,7 @@
 """Broker metrics, recorded at the broker's edge by wrapping any Broker.
 
 ``conduit_broker_duration_seconds`` times the calls that do not wait for new
-entries (append, info, ping, delete_idle). Reads are not timed, because a
+entries (append, append_many, info, ping, delete_idle). Reads are not timed, because a
 blocking read lasts as long as the stream stays quiet. Every call that raises
 BrokerUnavailable counts in ``conduit_broker_errors_total``.
 """
@@ -9,12 +9,12 @@ BrokerUnavailable counts in ``conduit_broker_errors_total``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from prometheus_client import Counter, Histogram
 
-from broker.base import Broker, Entry, StreamInfo
+from broker.base import AppendManyResult, Broker, Entry, NewEntry, StreamInfo
 from conduit.errors import BrokerUnavailable
 
 __all__ = ["BROKER_DURATION", "BROKER_ERRORS", "InstrumentedBroker"]
@@ -41,17 +41,20 @@ class InstrumentedBroker(Broker):
         self.inner = inner
         self._durations = {
             operation: BROKER_DURATION.labels(operation)
-            for operation in ("append", "info", "ping", "delete_idle")
+            for operation in ("append", "append_many", "info", "ping", "delete_idle")
         }
         self._errors = {
             operation: BROKER_ERRORS.labels(operation)
-            for operation in ("append", "read", "read_many", "info", "ping", "delete_idle")
+            for operation in ("append", "append_many", "read", "read_many", "info", "ping", "delete_idle")
         }
 
     async def append(
         self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
     ) -> str:
         return await self._timed("append", self.inner.append(stream, data, end=end, message_id=message_id))
+
+    async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
+        return await self._timed("append_many", self.inner.append_many(stream, entries))
 
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
         return await self._counted("read", self.inner.read(stream, after_id, count=count, block_ms=block_ms))

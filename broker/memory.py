@@ -18,12 +18,13 @@ import asyncio
 import bisect
 import time
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from broker.base import Broker, Entry, StreamInfo
+from broker.base import AppendManyResult, Broker, Entry, NewEntry, StreamInfo
 from broker.errors import broker_closed, rate_limited
 from broker.ids import check_read_request, format_entry_id
+from conduit.errors import RateLimited
 from conduit.settings import BrokerSettings
 
 __all__ = ["MemoryBroker"]
@@ -95,6 +96,22 @@ class MemoryBroker(Broker):
         self, stream: str, data: bytes, *, end: bool, message_id: str | None = None
     ) -> str:
         self._check_open()
+        return self._append_now(stream, data, end=end, message_id=message_id)
+
+    async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
+        self._check_open()
+        if not entries:
+            raise ValueError("append_many needs at least one entry, got none")
+        ids: list[str] = []
+        for entry in entries:
+            try:
+                ids.append(self._append_now(stream, entry.data, end=entry.end, message_id=entry.message_id))
+            except RateLimited as error:
+                return AppendManyResult(ids, error)
+        return AppendManyResult(ids)
+
+    def _append_now(self, stream: str, data: bytes, *, end: bool, message_id: str | None) -> str:
+        """Run one append without awaiting, so a loop of them is one atomic step."""
         now_s = time.time()
         now_monotonic = time.monotonic()
         remembered_id = message_id if self._settings.dedup_window_s > 0 else None

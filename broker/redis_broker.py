@@ -17,15 +17,16 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from broker.base import Broker, Entry, StreamInfo
+from broker.base import AppendManyResult, Broker, Entry, NewEntry, StreamInfo
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id, parse_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
@@ -60,6 +61,8 @@ _KEPT = -1
 # or the caller skipped tracking and the stream does not exist.
 _RATE_LIMITED = 0
 _NOT_TRACKED = 3
+# ASCII codes of the digits 0-9, for append_many.lua's flags argument.
+_DIGITS = b"0123456789"
 # Entry ids in the form Redis writes them: no leading zeros, both parts below
 # 10**19 and so within 64 bits. read_many passes these through unparsed,
 # because a reader resumes from ids this broker returned.
@@ -71,9 +74,14 @@ def _load_script(name: str) -> str:
 
 
 _APPEND_SCRIPT = _load_script("append.lua")
+_APPEND_MANY_SCRIPT = _load_script("append_many.lua")
 _DELETE_IF_IDLE_SCRIPT = _load_script("delete_if_idle.lua")
 _UNTRACK_IF_IDLE_SCRIPT = _load_script("untrack_if_idle.lua")
 _INFO_SCRIPT = _load_script("info.lua")
+
+
+_PendingAppend = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
+"""An append waiting for the batch task: its script, keys, args and the caller's future."""
 
 
 class RedisBroker(Broker):
@@ -106,16 +114,17 @@ class RedisBroker(Broker):
         # register_script makes no network call; each script is sent with
         # EVALSHA and loaded on the first NOSCRIPT reply.
         self._append_script = client.register_script(_APPEND_SCRIPT)
+        self._append_many_script = client.register_script(_APPEND_MANY_SCRIPT)
         self._delete_if_idle_script = client.register_script(_DELETE_IF_IDLE_SCRIPT)
         self._untrack_if_idle_script = client.register_script(_UNTRACK_IF_IDLE_SCRIPT)
         self._info_script = client.register_script(_INFO_SCRIPT)
         # Checked once here, because read_group runs for every channel a gateway opens.
         self._cluster = client if isinstance(client, RedisCluster) else None
         self._batching = self._cluster is None
-        # Appends waiting for the batch task: keys, args, and the caller's future.
-        # Each caller adds one entry and awaits it, so the list is bounded by
-        # the number of publishes in flight.
-        self._pending_appends: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        # Appends waiting for the batch task: script, keys, args, and the
+        # caller's future. Each caller adds one item and awaits it, so the list
+        # is bounded by the number of appends in flight.
+        self._pending_appends: list[_PendingAppend] = []
         self._append_batch_task: asyncio.Task[None] | None = None
         # Deadlines of the reads in progress, which close() moves to now.
         self._read_deadlines: set[asyncio.Timeout] = set()
@@ -153,10 +162,10 @@ class RedisBroker(Broker):
             skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
             if not skip_tracking:
                 await self._track(stream)
-            outcome, value = await self._run_append(keys, [*args, 1 if skip_tracking else 0])
+            outcome, value = await self._run_append(self._append_script, keys, [*args, 1 if skip_tracking else 0])
             if outcome == _NOT_TRACKED:
                 await self._track(stream)
-                outcome, value = await self._run_append(keys, [*args, 0])
+                outcome, value = await self._run_append(self._append_script, keys, [*args, 0])
         if outcome == _RATE_LIMITED:
             raise rate_limited(
                 stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000
@@ -168,6 +177,52 @@ class RedisBroker(Broker):
             self._tracked_at.pop(stream, None)
             await self._untrack_ended(stream, entry_id)
         return entry_id
+
+    async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
+        """Append per the Broker contract: track the stream as ``append`` does, then run append_many.lua once."""
+        self._check_open()
+        if not entries:
+            raise ValueError("append_many needs at least one entry, got none")
+        dedup = self._settings.dedup_window_s > 0
+        rate_key = rate_limit_key(stream)
+        keys = [stream, rate_key]
+        flags = bytearray()
+        for entry in entries:
+            remembered = dedup and entry.message_id is not None
+            if dedup:
+                # Every entry has a key slot, so KEYS[2 + i] belongs to entry i.
+                keys.append(dedup_key(stream, entry.message_id) if remembered else rate_key)
+            flags.append(_DIGITS[entry.end + 2 * remembered])
+        settings = self._settings
+        head = [
+            settings.max_stream_len,
+            settings.rate_limit,
+            settings.rate_window_s * 1000,
+            settings.stream_ttl_s,
+            settings.dedup_window_s * 1000,
+        ]
+
+        with redis_errors_as_unavailable("append"):
+            tracked_at = self._tracked_at.get(stream)
+            skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
+            if not skip_tracking:
+                await self._track(stream)
+            args = [*head, 1 if skip_tracking else 0, 1 if dedup else 0, bytes(flags), *(entry.data for entry in entries)]
+            reply = await self._run_append(self._append_many_script, keys, args)
+            if reply[0] == _NOT_TRACKED:
+                await self._track(stream)
+                args[5] = 0
+                reply = await self._run_append(self._append_many_script, keys, args)
+        ids = reply[2].decode().split() if reply[2] else []
+        if reply[0] == _RATE_LIMITED:
+            error = rate_limited(stream, settings.rate_limit, settings.rate_window_s, reply[1] / 1000)
+            return AppendManyResult(ids, error)
+
+        # As after the same append calls: the stream stays tracked unless the last entry is an END.
+        if entries[-1].end:
+            self._tracked_at.pop(stream, None)
+            await self._untrack_ended(stream, ids[-1])
+        return AppendManyResult(ids)
 
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:
         """Read per the Broker contract, skipping entries without a ``data`` field.
@@ -319,8 +374,8 @@ class RedisBroker(Broker):
         if self._closed:
             raise broker_closed()
 
-    async def _run_append(self, keys: list[str], args: list[Any]) -> Any:
-        """Run append.lua; on a single Redis, in one pipeline with the other appends waiting.
+    async def _run_append(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Run an append script; on a single Redis, in one pipeline with the other appends waiting.
 
         A single Redis runs a connection's commands in the order sent, so
         batching keeps the order of appends that are in flight together. A
@@ -329,19 +384,19 @@ class RedisBroker(Broker):
         before its batch is sent leaves nothing behind.
         """
         if not self._batching:
-            return await self._append_script(keys=keys, args=args)
+            return await script(keys=keys, args=args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending_appends.append((keys, args, future))
+        self._pending_appends.append((script, keys, args, future))
         if self._append_batch_task is None:
             self._append_batch_task = asyncio.create_task(self._send_append_batches(), name="redis-append-batches")
         return await future
 
     async def _send_append_batches(self) -> None:
         """Send the waiting appends in pipelines until none wait, then end."""
-        batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        batch: list[_PendingAppend] = []
         try:
             while self._pending_appends:
-                batch = [item for item in self._pending_appends[:_MAX_APPEND_BATCH] if not item[2].done()]
+                batch = [item for item in self._pending_appends[:_MAX_APPEND_BATCH] if not item[3].done()]
                 del self._pending_appends[:_MAX_APPEND_BATCH]
                 if not batch:
                     continue
@@ -349,7 +404,7 @@ class RedisBroker(Broker):
                     replies = await self._execute_appends(batch)
                 except Exception as error:
                     replies = [error] * len(batch)
-                for (_, _, future), reply in zip(batch, replies, strict=True):
+                for (_, _, _, future), reply in zip(batch, replies, strict=True):
                     if future.done():
                         continue
                     if isinstance(reply, Exception):
@@ -360,27 +415,28 @@ class RedisBroker(Broker):
         finally:
             self._append_batch_task = None
             # Only close() cancels this task: every append still waiting fails.
-            for _, _, future in [*batch, *self._pending_appends]:
+            for _, _, _, future in [*batch, *self._pending_appends]:
                 if not future.done():
                     future.set_exception(broker_closed())
             self._pending_appends.clear()
 
-    async def _execute_appends(self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]) -> list[Any]:
-        """Run append.lua once per item in one pipeline; load the script and rerun the items that found it missing."""
-        replies = await self._pipeline_appends([(keys, args) for keys, args, _ in batch])
+    async def _execute_appends(self, batch: list[_PendingAppend]) -> list[Any]:
+        """Run each item's script once in one pipeline; load the scripts and rerun the items that found theirs missing."""
+        replies = await self._pipeline_appends([(script, keys, args) for script, keys, args, _ in batch])
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # After a SCRIPT FLUSH or a restart of Redis. The reruns keep their relative order.
-            await self._client.script_load(_APPEND_SCRIPT)
-            reruns = await self._pipeline_appends([(batch[index][0], batch[index][1]) for index in missing])
+            for source in {batch[index][0].script for index in missing}:
+                await self._client.script_load(source)
+            reruns = await self._pipeline_appends([batch[index][:3] for index in missing])
             for index, reply in zip(missing, reruns, strict=True):
                 replies[index] = reply
         return replies
 
-    async def _pipeline_appends(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _pipeline_appends(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
         pipeline = self._client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipeline.evalsha(self._append_script.sha, len(keys), *keys, *args)
+        for script, keys, args in calls:
+            pipeline.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipeline.execute(raise_on_error=False))
 
     async def _track(self, stream: str) -> None:

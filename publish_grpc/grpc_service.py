@@ -12,6 +12,7 @@ it as UNKNOWN with the exception's text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -20,8 +21,10 @@ import grpc
 from conduit.errors import GRPC_STATUS, ConduitError, RateLimited, Unauthenticated
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from conduit.v1alpha.publish_pb2 import PublishResponse
+from publish_grpc.observe import PublishAttempt
 from publish_grpc.publisher import Publisher
-from publish_grpc.stream import BeforeAppend, publish_pipelined
+from publish_grpc.stream import StreamPublisher, publish_batched
+from publish_grpc.validation import ValidatedPublish
 
 __all__ = ["SERVICE_NAME", "PublishServicer", "add_publish_servicer"]
 
@@ -53,18 +56,16 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
     ) -> AsyncIterator[PublishResponse]:
         """Append each message and respond to each in order; the first error ends the stream with its status.
 
-        Messages are read ahead and appended while earlier ones are in flight,
-        one stream's entries in request order (see ``publish_grpc.stream``).
-        The token is checked on every message, which the verifier's cache makes
-        cheap, so a stream stops being accepted once its token expires.
+        Messages are read ahead and appended in batches while earlier ones
+        are answered, one stream's entries in request order (see
+        ``publish_grpc.stream``). The token is checked on every message,
+        which the verifier's cache makes cheap, so a stream stops being
+        accepted once its token expires.
         """
         # The metadata of a call is fixed, so the header is looked up once.
-        authorization = _authorization(context)
+        steps = _StreamSteps(self._publisher, _authorization(context))
         try:
-            async for stream_id in publish_pipelined(
-                request_iterator,
-                lambda request, before_append: self._publish(request, authorization, before_append),
-            ):
+            async for stream_id in publish_batched(request_iterator, steps):
                 yield PublishResponse(stream_id=stream_id)
         except ConduitError as error:
             await _abort(context, error)
@@ -87,23 +88,76 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
         return PublishResponse(stream_id=stream_id)
 
-    async def _publish(
-        self, request: bytes, authorization: str | None, before_append: BeforeAppend | None = None
-    ) -> str:
+    async def _publish(self, request: bytes, authorization: str | None) -> str:
         try:
             with self._publisher.attempt("grpc") as attempt:
-                try:
-                    self._publisher.authenticate(authorization)
-                except Unauthenticated:
-                    # The rejection is logged with the stream's ids when the body names them.
-                    attempt.note_body(request)
-                    raise
-                return await self._publisher.publish(attempt, request, before_append=before_append)
+                _authenticate(self._publisher, attempt, authorization, request)
+                return await self._publisher.publish(attempt, request)
         except ConduitError:
             raise
         except Exception as error:
             # PublishAttempt has logged it with the ids as the block exited.
             raise _LoggedFailure from error
+
+
+class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
+    """The steps of one PublishStream call, each message recorded by its own PublishAttempt."""
+
+    def __init__(self, publisher: Publisher, authorization: str | None) -> None:
+        self._publisher = publisher
+        self._authorization = authorization
+
+    def prepare(self, data: bytes) -> tuple[PublishAttempt, ValidatedPublish]:
+        attempt = self._publisher.attempt("grpc")
+        attempt.start()
+        try:
+            _authenticate(self._publisher, attempt, self._authorization, data)
+            return attempt, self._publisher.validate(attempt, data)
+        except ConduitError as error:
+            attempt.finish(error)
+            raise
+        except Exception as error:
+            attempt.finish(error)
+            raise _LoggedFailure from error
+
+    def stream_of(self, item: tuple[PublishAttempt, ValidatedPublish]) -> str:
+        return item[1].stream_key
+
+    async def append(
+        self, stream: str, items: list[tuple[PublishAttempt, ValidatedPublish]]
+    ) -> tuple[list[str], Exception | None]:
+        try:
+            result = await self._publisher.append_many(stream, [publish for _, publish in items])
+        except BaseException as error:
+            # Only the first message's failure reaches the caller, so only it is
+            # logged. The others get no response, as after any first failure.
+            items[0][0].finish(error)
+            self.abandon(items[1:])
+            if isinstance(error, Exception) and not isinstance(error, ConduitError):
+                raise _LoggedFailure from error
+            raise
+        stored = len(result.ids)
+        for attempt, _ in items[:stored]:
+            attempt.finish(None)
+        if result.rate_limited is None:
+            return result.ids, None
+        items[stored][0].finish(result.rate_limited)
+        self.abandon(items[stored + 1:])
+        return result.ids, result.rate_limited
+
+    def abandon(self, items: list[tuple[PublishAttempt, ValidatedPublish]]) -> None:
+        cancelled = asyncio.CancelledError("an earlier message of this call failed")
+        for attempt, _ in items:
+            attempt.finish(cancelled)
+
+
+def _authenticate(publisher: Publisher, attempt: PublishAttempt, authorization: str | None, request: bytes) -> None:
+    try:
+        publisher.authenticate(authorization)
+    except Unauthenticated:
+        # The rejection is logged with the stream's ids when the body names them.
+        attempt.note_body(request)
+        raise
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: ConduitError) -> None:

@@ -188,8 +188,7 @@ class PublishAttempt:
         self._publish = publish
 
     def __enter__(self) -> PublishAttempt:
-        self._started = time.perf_counter()
-        _door_metrics(self.front_door)[0].inc()
+        self.start()
         return self
 
     def __exit__(
@@ -198,6 +197,19 @@ class PublishAttempt:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.finish(error)
+
+    def start(self) -> None:
+        """Start timing and count the publish as in flight, as entering the block does."""
+        self._started = time.perf_counter()
+        _door_metrics(self.front_door)[0].inc()
+
+    def finish(self, error: BaseException | None) -> None:
+        """Record the outcome, accepted when ``error`` is None, as leaving the block does.
+
+        This is for callers that cannot wrap a publish in one block, such as
+        a batch of them. Call it once per ``start``.
+        """
         in_flight, duration = _door_metrics(self.front_door)
         in_flight.dec()
         duration.observe(time.perf_counter() - self._started)

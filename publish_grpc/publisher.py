@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
-from broker.base import Broker
+from broker.base import AppendManyResult, Broker, NewEntry
 from conduit.errors import BrokerUnavailable
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.observe import FrontDoor, PublishAttempt
@@ -47,7 +46,6 @@ class Publisher:
         data: bytes,
         *,
         path: PathIds | None = None,
-        before_append: Callable[[ValidatedPublish], Awaitable[None]] | None = None,
     ) -> str:
         """Validate ``data`` and append it to its channel's stream; return the entry id.
 
@@ -57,15 +55,9 @@ class Publisher:
         in one atomic step. After BrokerUnavailable for a missed deadline, the
         entry may or may not be stored, and a retry with the same message_id
         within the broker's dedup window returns the stored entry's id instead
-        of appending it again. Validation runs without awaiting, and
-        ``before_append``, when given, is awaited between it and the append.
+        of appending it again.
         """
-        request = decode_request(data, max_message_bytes=self.max_message_bytes)
-        attempt.note_request(request)
-        publish = check_request(request, data, path=path)
-        attempt.note_publish(publish)
-        if before_append is not None:
-            await before_append(publish)
+        publish = self.validate(attempt, data, path=path)
 
         # asyncio.timeout rather than wait_for, which on Python 3.11 runs the
         # append in a task of its own: a measurable cost per publish.
@@ -77,4 +69,28 @@ class Publisher:
         except TimeoutError:
             raise BrokerUnavailable(
                 f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
+            ) from None
+
+    def validate(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> ValidatedPublish:
+        """Decode and check ``data`` without awaiting, noting the ids on ``attempt``; raise what ``publish`` would."""
+        request = decode_request(data, max_message_bytes=self.max_message_bytes)
+        attempt.note_request(request)
+        publish = check_request(request, data, path=path)
+        attempt.note_publish(publish)
+        return publish
+
+    async def append_many(self, stream_key: str, publishes: list[ValidatedPublish]) -> AppendManyResult:
+        """Append validated publishes of one stream in order with ``Broker.append_many``, under the append deadline.
+
+        The first rate-limited publish and the ones after it are not stored,
+        and the result names the RateLimited error. After BrokerUnavailable
+        for a missed deadline, the publishes may or may not be stored.
+        """
+        entries = [NewEntry(publish.data, publish.end, publish.message_id) for publish in publishes]
+        try:
+            async with asyncio.timeout(self._append_timeout_s):
+                return await self.broker.append_many(stream_key, entries)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"broker timed out after {self._append_timeout_s:g} s; the messages may or may not be stored"
             ) from None

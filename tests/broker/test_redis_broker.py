@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from broker.base import Broker
+from broker.base import Broker, NewEntry
 from broker.factory import create_broker
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_key, tracking_key
 from conduit.errors import BrokerUnavailable, RateLimited
@@ -147,6 +147,28 @@ async def test_append_after_script_flush_reloads_script(
     await redis_broker.append(stream, b"after flush", end=False)
 
     assert await raw.xlen(stream) == 2
+
+
+async def test_append_many_after_script_flush_reloads_scripts(
+    redis_backend: Backend, redis_broker: Broker
+) -> None:
+    raw = redis_backend.raw
+    assert raw is not None
+    stream = new_stream()
+    await redis_broker.append_many(stream, [NewEntry(b"before flush")])
+    await raw.script_flush()
+
+    # Both scripts are missing now. Appends in flight together share one pipeline unless one tracks its stream first.
+    results = await asyncio.gather(
+        redis_broker.append_many(stream, [NewEntry(b"batch 1"), NewEntry(b"batch 2")]),
+        redis_broker.append(stream, b"single", end=False),
+    )
+
+    assert len(results[0].ids) == 2
+    entries = await redis_broker.read(stream, "0-0", count=10, block_ms=0)
+    stored = [entry.data for entry in entries]
+    assert sorted(stored) == [b"batch 1", b"batch 2", b"before flush", b"single"]
+    assert stored.index(b"batch 1") + 1 == stored.index(b"batch 2")
 
 
 async def test_read_skips_entry_without_data_field(

@@ -268,6 +268,42 @@ async def test_publish_stream_error_ends_stream(stub: PublishServiceStub, redis_
     assert len(entries) == 1
 
 
+async def test_publish_stream_rate_limit_ends_stream(stub: PublishServiceStub, redis_client: redis.Redis) -> None:
+    channel_id = str(uuid.uuid4())
+    key = stream_key(ORG_ID, channel_id)
+    requests = [make_request(org_id=ORG_ID, channel_id=channel_id, sequence=index) for index in range(RATE_LIMIT + 3)]
+
+    call = stub.PublishStream(requests_of(*requests), metadata=auth(), timeout=10)
+    responses = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for response in call:
+            responses.append(response)
+
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry_after = dict(raised.value.trailing_metadata() or ())["retry-after"]
+    assert 1 <= int(retry_after) <= RATE_WINDOW_S
+    entries = redis_client.xrange(key)
+    assert [response.stream_id for response in responses] == [entry_id.decode() for entry_id, _ in entries]
+    assert [fields[b"data"] for _, fields in entries] == [r.SerializeToString() for r in requests[:RATE_LIMIT]]
+
+
+async def test_publish_stream_retried_message_id_stored_once(
+    stub: PublishServiceStub, redis_client: redis.Redis
+) -> None:
+    channel_id = str(uuid.uuid4())
+    first = make_request(org_id=ORG_ID, channel_id=channel_id, sequence=1)
+    retried = PublishRequest()
+    retried.CopyFrom(first)
+
+    call = stub.PublishStream(requests_of(first, retried), metadata=auth(), timeout=10)
+    responses = [response.stream_id async for response in call]
+
+    assert await call.code() == grpc.StatusCode.OK
+    assert len(responses) == 2
+    assert responses[0] == responses[1]
+    assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
+
+
 async def test_publish_stream_bad_token_unauthenticated(stub: PublishServiceStub, redis_client: redis.Redis) -> None:
     call = stub.PublishStream(
         requests_of(make_request(org_id=ORG_ID)), metadata=auth(bearer(make_token(aud="x"))), timeout=10

@@ -156,3 +156,26 @@ def test_validate_finite_numbers_accepted() -> None:
     data = make_request(org_id=ORG_ID, payload=payload).SerializeToString()
 
     assert validate_publish(data, max_message_bytes=MAX_BYTES).org_id == ORG_ID
+
+
+@pytest.mark.parametrize(
+    ("number", "name"),
+    [(float("nan"), "NaN"), (float("inf"), "Infinity"), (float("-inf"), "-Infinity")],
+)
+def test_validate_non_finite_in_list_found(number: float, name: str) -> None:
+    data = make_request(org_id=ORG_ID, payload={"list": ["a", {"deep": [1.5, number]}]}).SerializeToString()
+
+    with pytest.raises(InvalidArgument) as raised:
+        validate_publish(data, max_message_bytes=MAX_BYTES)
+
+    assert raised.value.message == f"'payload.list[1].deep[1]' is {name}, which JSON cannot represent"
+
+
+def test_validate_nan_bytes_elsewhere_accepted() -> None:
+    # An unknown field (number 1000, length-delimited) whose bytes look like a
+    # NaN number_value: the byte scan matches, and the walk finds no number.
+    nan_lookalike = b"\x11" + b"\x00" * 6 + b"\xf8\x7f"
+    unknown_field = b"\xc2\x3e" + bytes([len(nan_lookalike)]) + nan_lookalike
+    data = make_request(org_id=ORG_ID, payload={"number": 2.5}).SerializeToString() + unknown_field
+
+    assert validate_publish(data, max_message_bytes=MAX_BYTES).org_id == ORG_ID
