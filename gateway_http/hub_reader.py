@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker.base import Broker, Entry
+from broker.cursors import ReadCursors
 from broker.ids import parse_entry_id
 from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
@@ -77,6 +78,9 @@ class ChannelReader:
     def __init__(self, broker: Broker, group: str, policy: ReadPolicy, on_stopped: Callable[[ChannelReader], None]) -> None:
         self.group = group
         self.channels: dict[str, Channel] = {}
+        # The position of every channel, kept between reads so that the broker
+        # re-encodes only the streams that moved.
+        self._cursors = ReadCursors()
         self._broker = broker
         self._policy = policy
         self._on_stopped = on_stopped
@@ -86,6 +90,7 @@ class ChannelReader:
     def add(self, channel: Channel) -> None:
         """Start reading ``channel`` after its position, interrupting a read in progress."""
         self.channels[channel.stream] = channel
+        self._cursors[channel.stream] = channel.position
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"hub-reader-{self.group or 'all'}")
         elif self._read is not None:
@@ -94,6 +99,7 @@ class ChannelReader:
     def remove(self, stream: str) -> None:
         """Stop reading ``stream``; the reader stops when it was the last channel."""
         self.channels.pop(stream, None)
+        self._cursors.pop(stream, None)
         if not self.channels:
             self.stop()
 
@@ -134,9 +140,8 @@ class ChannelReader:
 
     async def _read_once(self) -> dict[str, list[Entry]]:
         """Run one ``read_many`` over every channel; a cancelled read raises CancelledError."""
-        positions = {stream: channel.position for stream, channel in self.channels.items()}
         read = self._read = asyncio.create_task(
-            self._broker.read_many(positions, count=self._policy.read_count, block_ms=self._policy.max_block_ms)
+            self._broker.read_many(self._cursors, count=self._policy.read_count, block_ms=self._policy.max_block_ms)
         )
         try:
             done, _ = await asyncio.wait([read], timeout=self._policy.max_block_ms / 1000 + _READ_DEADLINE_SLACK_S)
@@ -168,7 +173,7 @@ class ChannelReader:
             fresh = [entry for entry in entries if parse_entry_id(entry.id) > position]
             if not fresh:
                 continue
-            channel.position = fresh[-1].id
+            channel.position = self._cursors[stream] = fresh[-1].id
             events = encode_entries(fresh, stream_log_fields(stream))
             if not events:
                 continue
