@@ -1,10 +1,12 @@
 """XREAD over many streams for ``RedisBroker``: arguments encoded once per stream, and the entries of a reply.
 
-A read over 1,000 streams passes 2,000 arguments. Encoding and packing them
-with redis-py on every call cost about 1.3 ms of CPU per read (a loop of
-``read_many`` against a local Redis). ``EncodedStreams`` keeps each stream's
-key and id encoded, in the Redis protocol's bulk string form on a single
-Redis, and re-encodes only the streams whose position changed.
+A read over 1,000 streams passes 2,000 arguments. Checking, encoding and
+packing them on every call cost about 1.6 ms of client CPU per read with
+nothing new, and about 0.13 ms with the arguments kept (a loop of
+``read_many`` against a private redis-server, redis-py 8.2, 2-CPU VM).
+``EncodedStreams`` keeps each stream's key and id encoded, as complete RESP
+bulk strings on a single Redis, and re-encodes only the streams whose
+position changed.
 """
 
 from __future__ import annotations
