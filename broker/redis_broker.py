@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -27,9 +26,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from broker.base import AppendManyResult, Broker, Entry, NewEntry, StreamInfo
+from broker.cursors import ReadCursors
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
-from broker.ids import check_read_request, format_entry_id, parse_entry_id
+from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
+from broker.redis_xread import EncodedStreams, data_field, entries_of_reply
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
 
@@ -63,10 +64,6 @@ _RATE_LIMITED = 0
 _NOT_TRACKED = 3
 # ASCII codes of the digits 0-9, for append_many.lua's flags argument.
 _DIGITS = b"0123456789"
-# Entry ids in the form Redis writes them: no leading zeros, both parts below
-# 10**19 and so within 64 bits. read_many passes these through unparsed,
-# because a reader resumes from ids this broker returned.
-_CANONICAL_ENTRY_ID = re.compile(r"(?:0|[1-9][0-9]{0,18})-(?:0|[1-9][0-9]{0,18})", re.ASCII)
 
 
 def _load_script(name: str) -> str:
@@ -258,30 +255,19 @@ class RedisBroker(Broker):
     async def read_many(
         self, positions: Mapping[str, str], *, count: int, block_ms: int
     ) -> dict[str, list[Entry]]:
-        """Read per the Broker contract with one XREAD over every stream, skipping entries without ``data``."""
-        # Keys and ids go to redis-py as bytes, which its encoder passes through
-        # unchanged. Encoding two str arguments per stream otherwise took about
-        # a fifth of the CPU time of a read over 1,000 streams (measured locally).
-        canonical = _CANONICAL_ENTRY_ID.fullmatch
-        cursors = {
-            stream.encode(): (
-                after_id if canonical(after_id) else format_entry_id(*parse_entry_id(after_id))
-            ).encode()
-            for stream, after_id in positions.items()
-        }
-        if not cursors:
+        """Read per the Broker contract with one XREAD over every stream, skipping entries without ``data``.
+
+        Given ``ReadCursors``, the encoded XREAD arguments stay in them between
+        calls, and only the streams set or deleted since the last call are
+        encoded again. On a single Redis the command goes out pre-packed on a
+        pooled connection, with the client's retry policy.
+        """
+        if not positions:
             raise ValueError("positions must name at least one stream")
-        # The ids are valid by now; this checks count and block_ms once per call.
-        check_read_request(next(iter(positions.values())), count, block_ms)
+        check_read_request("0-0", count, block_ms)
         # Checked here because redis-py's own cross-slot error would surface
         # as BrokerUnavailable, hiding a caller's mistake as an outage.
-        if self._cluster is not None:
-            groups = {self.read_group(stream) for stream in positions}
-            if len(groups) > 1:
-                raise ValueError(
-                    f"read_many streams must share one read_group, got {len(cursors)} streams "
-                    f"in {len(groups)} Redis Cluster hash slots; group them with read_group first"
-                )
+        encoded = self._encoded_streams(positions)
         self._check_open()
         block = min(block_ms, self._max_block_ms) if block_ms > 0 else None
 
@@ -289,16 +275,15 @@ class RedisBroker(Broker):
         self._read_deadlines.add(deadline)
         try:
             async with deadline:
-                # Each pass moves at least one cursor past an entry without data.
+                # Each pass moves at least one position past an entry without data.
                 while True:
                     with redis_errors_as_unavailable("read"):
-                        response = await self._client.xread(cursors, count=count, block=block)
-                    found, last_ids = self._entries_by_stream(response)
+                        reply = await self._xread(encoded, count, block)
+                    found, last_ids = self._entries_by_stream(reply)
                     if found or not last_ids:
                         return found
-                    cursors.update(
-                        (stream.encode(), last_id.encode()) for stream, last_id in last_ids.items()
-                    )
+                    positions = {**positions, **last_ids}
+                    encoded = self._encoded_streams(positions)
         except TimeoutError:
             raise broker_closed() from None
         finally:
@@ -509,17 +494,64 @@ class RedisBroker(Broker):
                 entries.append(Entry(last_id, data))
         return entries, last_id
 
-    def _entries_by_stream(self, response: Any) -> tuple[dict[str, list[Entry]], dict[str, str]]:
+    def _encoded_streams(self, positions: Mapping[str, str]) -> EncodedStreams:
+        """Return the encoded XREAD arguments of ``positions``, updating those kept in ``ReadCursors``."""
+        if isinstance(positions, ReadCursors):
+            encoded = positions.broker_cache
+            if isinstance(encoded, EncodedStreams) and encoded.owner is self:
+                encoded.apply(positions, positions.changes)
+            else:
+                encoded = self._new_encoded_streams(positions)
+                positions.broker_cache = encoded
+            positions.clear_changes()
+            return encoded
+        return self._new_encoded_streams(positions)
+
+    def _new_encoded_streams(self, positions: Mapping[str, str]) -> EncodedStreams:
+        slot_of = self._cluster.keyslot if self._cluster is not None else None
+        encoded = EncodedStreams(self, packed=self._cluster is None, slot_of=slot_of)
+        encoded.apply(positions, positions)
+        return encoded
+
+    async def _xread(self, encoded: EncodedStreams, count: int, block: int | None) -> Any:
+        """Send the XREAD of ``encoded`` and return its reply, parsed by redis-py on a cluster only.
+
+        The cluster client routes the command by its keys and follows
+        redirects, so it gets the arguments. A single Redis gets the packed
+        command on a pooled connection. A failed or cancelled call disconnects
+        that connection, as redis-py does for its own commands.
+        """
+        if self._cluster is not None:
+            return await self._cluster.execute_command(*encoded.arguments(count, block))
+        command = encoded.packed_command(count, block)
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: _request(connection, command), lambda _error: connection.disconnect()
+            )
+        finally:
+            await pool.release(connection)
+
+    def _entries_by_stream(self, reply: Any) -> tuple[dict[str, list[Entry]], dict[str, str]]:
         """Return the entries of a multi-stream XREAD reply by stream, and the last id read of each stream."""
         found: dict[str, list[Entry]] = {}
         last_ids: dict[str, str] = {}
-        for raw_name, raw_entries in response or []:
+        for raw_name, raw_entries in entries_of_reply(reply):
             stream = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
-            entries, last_id = self._entries_from_xread(stream, [[raw_name, raw_entries]])
+            entries: list[Entry] = []
+            entry_id = None
+            for raw_id, fields in raw_entries:
+                entry_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+                data = data_field(fields)
+                if data is None:
+                    self._report_foreign_entry(stream, entry_id)
+                    continue
+                entries.append(Entry(entry_id, data))
             if entries:
                 found[stream] = entries
-            if last_id is not None:
-                last_ids[stream] = last_id
+            if entry_id is not None:
+                last_ids[stream] = entry_id
         return found, last_ids
 
     def _report_foreign_entry(self, stream: str, entry_id: str) -> None:
@@ -534,3 +566,8 @@ class RedisBroker(Broker):
             "skipped stream entry without a data field",
             extra={**stream_log_fields(stream), "entry_id": entry_id},
         )
+
+
+async def _request(connection: Any, command: list[bytes]) -> Any:
+    await connection.send_packed_command(command)
+    return await connection.read_response()

@@ -137,6 +137,33 @@ async def test_hub_join_mid_stream_no_gap_no_duplicate(
         assert sequences(events) == list(range(after_index + 1, total))
 
 
+async def test_hub_channel_churn_no_gap_no_duplicate(hub: HubFeed, broker: Broker) -> None:
+    """Channels leave and join one shared reader while entries arrive on all of them."""
+    channel_ids = [str(uuid.uuid4()) for _ in range(12)]
+    streams = [stream_key(ORG_ID, channel_id) for channel_id in channel_ids]
+    rounds = 8
+    ids: dict[str, list[str]] = {stream: [] for stream in streams}
+    received: dict[str, list[Any]] = {stream: [] for stream in streams}
+    subscriptions = {stream: await hub.subscribe(stream, "0-0") for stream in streams}
+
+    for round_index in range(rounds):
+        for channel_id, stream in zip(channel_ids, streams, strict=True):
+            ids[stream].append(await publish(broker, channel_id, sequence=round_index))
+        # Every third channel closes after this round and opens again from its last event.
+        for stream in streams[round_index % 3::3]:
+            events = await collect(subscriptions[stream], len(ids[stream]) - len(received[stream]))
+            received[stream].extend(events)
+            await subscriptions[stream].close()
+            subscriptions[stream] = await hub.subscribe(stream, received[stream][-1].entry_id)
+        await asyncio.sleep(0)
+
+    for stream in streams:
+        received[stream].extend(await collect(subscriptions[stream], rounds - len(received[stream])))
+        assert [event.entry_id for event in received[stream]] == ids[stream], stream
+        assert sequences(received[stream]) == list(range(rounds)), stream
+        await subscriptions[stream].close()
+
+
 async def test_hub_subscribers_get_identical_sequences(
     hub: HubFeed, broker: Broker, stream: str, channel_id: str
 ) -> None:
