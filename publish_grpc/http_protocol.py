@@ -25,7 +25,7 @@ from publish_grpc.http_publish import serve_publish
 from publish_grpc.http_request import HttpRequest, encode_response
 from publish_grpc.publisher import Publisher
 
-__all__ = ["HttpShimContext", "PublishHttpProtocol"]
+__all__ = ["LINGER_S", "HttpShimContext", "PublishHttpProtocol"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 # The segments stay plain strings so that our validation writes the 400 message,
 # and so that org_id can use all of uint64.
 _PUBLISH_PATH = re.compile(r"/publish/([^/]+)/([^/]+)/?")
+
+LINGER_S = 2.0
+"""Time a connection keeps reading after a response sent before its request ended (an error, or 413)."""
 
 _TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
 _MALFORMED_BODY = "Invalid HTTP request received."
@@ -71,13 +74,18 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parsing: HttpRequest | None = None
         self._head_open = False
+        # Bytes of the open head: counted exactly from the callbacks, and
+        # estimated from the chunks while a field has not ended yet.
         self._head_bytes = 0
+        self._open_head_bytes = 0
         self._heads_completed = 0
+        self._chunk_body_bytes = 0
         self._active: HttpRequest | None = None
         self._active_started = False
         self._waiting: deque[HttpRequest] = deque()
         self._write_paused = False
         self._reading_paused = False
+        self._linger_timer: asyncio.TimerHandle | None = None
         self.idle_since = self._loop.time()
 
     # Transport callbacks
@@ -96,14 +104,16 @@ class PublishHttpProtocol(asyncio.Protocol):
                 request.disconnect()
         self._waiting.clear()
         self._parser = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         if self._context.stopping and not self._context.connections:
             self._context.all_closed.set()
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
             return
-        head_open_before = self._head_open
         heads_before = self._heads_completed
+        self._chunk_body_bytes = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -115,19 +125,20 @@ class PublishHttpProtocol(asyncio.Protocol):
                 self._parser = None
                 self._transport.close()
                 return
-            self._fail(431, f"request head is too large: the request line and headers exceed {self._context.max_head_bytes} bytes")
+            self._fail(431, self._head_too_large_message())
             return
         except httptools.HttpParserError as error:
             logger.info("publish HTTP: malformed request: %s", error)
             self._fail(400, _MALFORMED_BODY, str(error))
             return
 
-        # A head still open after a chunk that arrived wholly inside it counts that
-        # chunk, so a field that never ends cannot grow without bound.
-        if self._head_open and head_open_before and heads_before == self._heads_completed:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._context.max_head_bytes:
-                self._fail(431, f"request head is too large: the request line and headers exceed {self._context.max_head_bytes} bytes")
+        # The callbacks see a header only once it ends, so a head that is still
+        # open counts the bytes of this chunk that were not body: a field that
+        # never ends cannot grow without bound.
+        if self._head_open and heads_before == self._heads_completed:
+            self._open_head_bytes += len(data) - self._chunk_body_bytes
+            if self._open_head_bytes > self._context.max_head_bytes:
+                self._fail(431, self._head_too_large_message())
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -143,6 +154,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._parsing = HttpRequest(self._transport, self._context.publisher.max_message_bytes)
         self._head_open = True
         self._head_bytes = 0
+        self._open_head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._parsing.url += url  # type: ignore[union-attr]
@@ -180,6 +192,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._enqueue(request)
 
     def on_body(self, body: bytes) -> None:
+        self._chunk_body_bytes += len(body)
         self._parsing.add_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
@@ -191,6 +204,9 @@ class PublishHttpProtocol(asyncio.Protocol):
             self._start_active()
 
     # Requests and responses
+
+    def _head_too_large_message(self) -> str:
+        return f"request head is too large: the request line and headers exceed {self._context.max_head_bytes} bytes"
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
@@ -279,7 +295,10 @@ class PublishHttpProtocol(asyncio.Protocol):
         )
         transport.write(encode_response(status, lines, body, keep_alive=keep_alive or lines_close))
         if not keep_alive:
-            transport.close()
+            if request.complete and request.failure is None:
+                transport.close()
+            else:
+                self._linger()
             return
 
         self._active = None
@@ -290,8 +309,22 @@ class PublishHttpProtocol(asyncio.Protocol):
             self._start_active()
         self._update_reading()
 
+    def _linger(self) -> None:
+        """Send FIN and read and drop what the client still sends, for up to ``LINGER_S``.
+
+        Closing with unread bytes in the socket would send a reset, which can
+        destroy the response before the client reads it.
+        """
+        self._parser = None
+        self._waiting.clear()
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._linger_timer = self._loop.call_later(LINGER_S, self._transport.close)
+        self._update_reading()
+
     def _update_reading(self) -> None:
-        paused = bool(self._waiting) or self._write_paused or self._parser is None
+        lingering = self._linger_timer is not None
+        paused = not lingering and (bool(self._waiting) or self._write_paused or self._parser is None)
         if paused != self._reading_paused and not self._transport.is_closing():
             self._reading_paused = paused
             if paused:
