@@ -3,8 +3,8 @@
 ``PublishHttpProtocol`` answers ``POST /publish/{org_id}/{channel_id}``
 itself and passes the rest here: /healthz, /readyz and /metrics, unknown
 paths (404), and a publish path with another method (405, or 204 for
-OPTIONS). Litestar needs the publish route for those 405 and 204 answers,
-so it has one, which never runs.
+OPTIONS). Litestar needs the publish route to return those 405 and 204
+responses, so it has one, whose handler never runs.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def create_http_app(publisher: Publisher, *, is_draining: Callable[[], bool] = l
 
     @post("/publish/{org_id:str}/{channel_id:str}", status_code=200, media_type=MediaType.TEXT)
     async def publish() -> str:
-        raise RuntimeError("POST /publish is answered by PublishHttpProtocol, never by this route")
+        raise RuntimeError("POST /publish is handled by PublishHttpProtocol, never by this route")
 
     return Litestar(
         route_handlers=[publish, *health_handlers(publisher.broker, is_draining=is_draining)],

@@ -1,12 +1,12 @@
 """The asyncio protocol of one publish-port connection: httptools parsing, keep-alive, pipelining.
 
-``POST /publish/{org_id}/{channel_id}`` is answered by ``serve_publish``
-without an ASGI scope, and every other request by the fallback ASGI app
-through ``call_asgi``. Responses go out in request order, one
-``transport.write`` each. The connection closes after a response when the
-client asked for it (HTTP/1.0 or ``Connection: close``), when the response
-went out before the whole request body arrived, after a malformed request
-(400) or an oversized head (431), and while the server stops.
+``serve_publish`` handles ``POST /publish/{org_id}/{channel_id}`` without
+an ASGI scope, and the fallback ASGI app handles every other request through
+``call_asgi``. Responses go out in request order, one
+``transport.write`` each. The connection closes after a response in four
+cases: the client requested it (HTTP/1.0 or ``Connection: close``), the
+response went out before the whole request body arrived, the request was
+malformed (400) or its head too large (431), or the server is stopping.
 """
 
 from __future__ import annotations
@@ -63,13 +63,13 @@ class HttpShimContext:
 
 
 class PublishHttpProtocol(asyncio.Protocol):
-    """One client connection; at most one request is answered at a time, later ones wait in order."""
+    """One client connection; it handles one request at a time, and later ones wait in order."""
 
     def __init__(self, context: HttpShimContext) -> None:
         self._context = context
         self._loop = asyncio.get_running_loop()
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        # Answer the requests before a "Connection: close" one and ignore what follows it.
+        # Respond to the requests up to a "Connection: close" one and ignore the bytes after it.
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parsing: HttpRequest | None = None
@@ -214,7 +214,7 @@ class PublishHttpProtocol(asyncio.Protocol):
             raise _HeadTooLarge
 
     def _fail(self, status: int, message: str, detail: str = "") -> None:
-        """Stop parsing, and answer ``status`` after the requests before it; then close.
+        """Stop parsing and respond ``status`` after the requests before it, then close.
 
         ``detail`` names the parser's complaint for a request whose head was
         fine, so that a publish rejects its body with it.
@@ -223,7 +223,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         request = self._parsing
         self._parsing = None
         if request is not None and not self._head_open:
-            # The request is queued or being answered already: only its body broke.
+            # The request is queued or being handled already, and only its body broke.
             if request.publish_ids is not None:
                 request.fail_body(f"request body is malformed: {detail or message}")
             else:
@@ -238,7 +238,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _end_parsing_after_upgrade(self) -> None:
-        # No protocol upgrade is offered here: answer the request as plain HTTP and close.
+        # This port offers no protocol upgrade, so it handles the request as plain HTTP and closes.
         self._parser = None
         request = self._parsing
         self._parsing = None
@@ -344,7 +344,7 @@ class PublishHttpProtocol(asyncio.Protocol):
     # Server control
 
     def close_if_idle(self, now: float, idle_timeout_s: float) -> None:
-        """Close the connection when no request is being answered and it has been idle long enough.
+        """Close the connection when no request is being handled and it has been idle long enough.
 
         A head that has not completed within ``idle_timeout_s`` of the
         connection going idle is cut off the same way.

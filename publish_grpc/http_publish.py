@@ -1,9 +1,9 @@
 """The handler of ``POST /publish/{org_id}/{channel_id}``: authenticate, read the body, publish.
 
 It returns the status, header lines and body that the HTTP shim sent when it
-ran under uvicorn: 200 with the stream id as text/plain, or the status that
-``HTTP_STATUS`` maps for a ConduitError with a text/plain body that names the
-problem. A 429 carries Retry-After. A request whose Content-Length is over
+ran under uvicorn. A publish gets 200 with the stream id as text/plain. A
+ConduitError gets the status that ``HTTP_STATUS`` maps, with a text/plain
+body that names the problem, and a 429 also gets Retry-After. A request whose Content-Length is over
 ``max_message_bytes`` is rejected before its body is read.
 """
 
@@ -25,7 +25,7 @@ _INTERNAL_ERROR_BODY = b'{"status_code":500,"detail":"Internal Server Error"}'
 
 
 async def serve_publish(publisher: Publisher, request: HttpRequest, body_read_timeout_s: float) -> PublishResponse:
-    """Run one publish and return its response; never raises for a failed publish."""
+    """Run one publish and return its response, a 4xx or 500 one when the publish fails."""
     assert request.publish_ids is not None
     org_id, channel_id = request.publish_ids
     try:

@@ -52,8 +52,8 @@ class HttpRequest:
 
     The protocol fills it from httptools callbacks. A handler reads the body
     with ``read_body``, which waits for the rest when it has not arrived yet.
-    Bytes past the cap are dropped and only counted, so a request holds at
-    most ``max_body_bytes`` bytes of body.
+    Bytes past the cap are dropped and only counted, so a request keeps at
+    most ``max_body_bytes`` bytes of body in memory.
     """
 
     __slots__ = (
@@ -74,7 +74,7 @@ class HttpRequest:
         self.publish_ids: tuple[str, str] | None = None
         # Decoded path, raw path and query string.
         self.target: tuple[str, bytes, bytes] = ("", b"", b"")
-        # Status and message of a request that is answered without being handled.
+        # Status and message of the error response to a request that is not handled.
         self.failure: tuple[int, str] | None = None
         self._body_failure: str | None = None
         self._body: bytes | list[bytes] = b""
