@@ -13,8 +13,10 @@ import redis
 from broker import Broker
 from broker.keys import stream_key
 from publish_grpc import PublishServer
+from publish_grpc.auth import TokenVerifier
 from publish_grpc.http_app import create_http_app
 from publish_grpc.http_listener import PublishHttpServer
+from publish_grpc.publisher import Publisher
 from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, bearer, make_request, make_settings, stream_keys
 
 WAIT_TIMEOUT_S = 10
@@ -117,7 +119,7 @@ async def test_keep_alive_serves_many_publishes(connect, redis_client: redis.Red
         assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
 
 
-async def test_pipelined_requests_answered_in_order(connect, redis_client: redis.Redis) -> None:
+async def test_pipelined_responses_in_order(connect, redis_client: redis.Redis) -> None:
     connection = await connect()
     first_channel, first = publish_bytes()
     second_channel, second = publish_bytes()
@@ -265,7 +267,7 @@ async def test_malformed_request_400_closes(connect) -> None:
     assert await connection.at_eof()
 
 
-async def test_malformed_after_good_answers_both(connect) -> None:
+async def test_malformed_after_valid_request(connect) -> None:
     connection = await connect()
     _, good = publish_bytes()
 
@@ -293,7 +295,8 @@ async def test_publish_path_other_methods(connect) -> None:
 
 async def test_idle_connection_closed(redis_url: str, broker: Broker) -> None:
     settings = make_settings(redis_url)
-    publisher = PublishServer(settings, broker)._publisher
+    assert settings.publish_jwt is not None
+    publisher = Publisher(broker, TokenVerifier(settings.publish_jwt), max_message_bytes=MAX_MESSAGE_BYTES)
     server = PublishHttpServer(
         publisher, create_http_app(publisher), "127.0.0.1", 0, body_read_timeout_s=1, idle_timeout_s=0.1
     )
