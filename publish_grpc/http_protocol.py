@@ -40,6 +40,7 @@ LINGER_S = 2.0
 
 _TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
 _MALFORMED_BODY = "Invalid HTTP request received."
+_UPGRADE_MESSAGE = "protocol upgrade is not supported: send the publish without Upgrade and Connection: upgrade"
 
 
 class _HeadTooLarge(Exception):
@@ -189,6 +190,14 @@ class PublishHttpProtocol(asyncio.Protocol):
                 match = _PUBLISH_PATH.fullmatch(request.target[0])
                 if match is not None:
                     request.publish_ids = (match[1], match[2])
+        if parser.should_upgrade():
+            # llhttp ends an upgrade request at its head and leaves the bytes after
+            # it unparsed. This port offers no upgrade, so it handles the request
+            # as plain HTTP and closes, and it rejects a publish, whose body is lost.
+            request.keep_alive = False
+            if request.publish_ids is not None:
+                request.publish_ids = None
+                request.failure = (400, _UPGRADE_MESSAGE)
         self._enqueue(request)
 
     def on_body(self, body: bytes) -> None:
@@ -238,15 +247,8 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _end_parsing_after_upgrade(self) -> None:
-        # This port offers no protocol upgrade, so it handles the request as plain HTTP and closes.
+        # on_headers_complete has already marked the request to close the connection.
         self._parser = None
-        request = self._parsing
-        self._parsing = None
-        if request is not None and not self._head_open:
-            request.keep_alive = False
-            request.finish()
-            if request is self._active and not self._active_started:
-                self._start_active()
         self._update_reading()
 
     def _enqueue(self, request: HttpRequest) -> None:

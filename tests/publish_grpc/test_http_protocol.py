@@ -280,6 +280,30 @@ async def test_malformed_after_valid_request(connect) -> None:
     assert await connection.at_eof()
 
 
+async def test_publish_with_upgrade_400(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    _, request = publish_bytes("connection: upgrade", "upgrade: h2c")
+
+    await connection.send(request)
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 400 Bad Request"
+    assert response.body.startswith(b"protocol upgrade is not supported")
+    assert await connection.at_eof()
+    assert stream_keys(redis_client) == []
+
+
+async def test_health_with_upgrade_served(connect) -> None:
+    connection = await connect()
+
+    await connection.send(b"GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    assert response.header_lines[-1] == b"connection: close"
+    assert await connection.at_eof()
+
+
 async def test_publish_path_other_methods(connect) -> None:
     connection = await connect()
     path = f"/publish/{ORG_ID}/{make_request().channel_id}"
