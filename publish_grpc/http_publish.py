@@ -9,7 +9,7 @@ body that names the problem, and a 429 also gets Retry-After. A request whose Co
 
 from __future__ import annotations
 
-from conduit.errors import HTTP_STATUS, ConduitError, PayloadTooLarge, RateLimited
+from conduit.errors import HTTP_STATUS, ConduitError, InvalidArgument, PayloadTooLarge, RateLimited
 from publish_grpc.http_request import HttpRequest
 from publish_grpc.publisher import Publisher
 from publish_grpc.validation import parse_path
@@ -31,6 +31,7 @@ async def serve_publish(publisher: Publisher, request: HttpRequest, body_read_ti
     try:
         with publisher.attempt("http") as attempt:
             attempt.note_path(org_id, channel_id)
+            _check_single_authorization(request)
             publisher.authenticate(request.header(b"authorization"))
             path = parse_path(org_id, channel_id)
             _check_content_length(request, publisher.max_message_bytes)
@@ -42,6 +43,14 @@ async def serve_publish(publisher: Publisher, request: HttpRequest, body_read_ti
         # PublishAttempt has logged it with the ids.
         return _text_response(500, b"", _INTERNAL_ERROR_BODY)
     return _text_response(200, b"", stream_id.encode())
+
+
+def _check_single_authorization(request: HttpRequest) -> None:
+    # Servers and proxies differ on which of several values they use, so a
+    # proxy could check one token while this server uses the other.
+    count = sum(1 for name, _ in request.headers if name == b"authorization")
+    if count > 1:
+        raise InvalidArgument(f"the Authorization header appears {count} times: send exactly one bearer token")
 
 
 def _check_content_length(request: HttpRequest, max_bytes: int) -> None:
