@@ -98,6 +98,8 @@ class PublishHttpServer:
             connection.shutdown()
         await self._wait_until_closed(context, grace_s)
 
+        for connection in list(context.connections):
+            connection.reject_unfinished_body()
         for task in list(context.tasks):
             task.cancel()
         if context.tasks:

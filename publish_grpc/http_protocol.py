@@ -6,7 +6,8 @@ an ASGI scope, and the fallback ASGI app handles every other request through
 ``transport.write`` each. The connection closes after a response in four
 cases: the client requested it (HTTP/1.0 or ``Connection: close``), the
 response went out before the whole request body arrived, the request was
-malformed (400) or its head too large (431), or the server is stopping.
+malformed (400), its head too large (431), its transfer coding (501) or HTTP
+version (505) not supported, or the server is stopping.
 """
 
 from __future__ import annotations
@@ -30,21 +31,48 @@ __all__ = ["LINGER_S", "HttpShimContext", "PublishHttpProtocol"]
 logger = logging.getLogger(__name__)
 
 # The route Litestar would match for "/publish/{org_id:str}/{channel_id:str}":
-# two non-empty segments of the decoded path, and an optional trailing slash.
-# The segments stay plain strings so that our validation writes the 400 message,
-# and so that org_id can use all of uint64.
-_PUBLISH_PATH = re.compile(r"/publish/([^/]+)/([^/]+)/?")
+# two non-empty segments of the normalized decoded path. The segments stay plain
+# strings so that our validation writes the 400 message, and so that org_id can
+# use all of uint64.
+_PUBLISH_PATH = re.compile(r"/publish/([^/]+)/([^/]+)")
+# Litestar 2.x routes the path with leading and trailing slashes stripped and
+# runs of slashes collapsed (litestar.utils.path.normalize_path), so
+# "//publish/1/x/" is a publish too. Unmatched, it would reach the stub route (500).
+_SLASH_RUN = re.compile(r"//+")
+
+MAX_HEADER_FIELDS = 100
+"""Cap on the header fields of one request (Apache's LimitRequestFields default); more get 431."""
+
+# Bytes per header field that the callbacks do not pass: ": " and CRLF.
+_FIELD_OVERHEAD_BYTES = 4
+
+# llhttp's reason for the "PRI * HTTP/2.0" preface of a client that assumes HTTP/2.
+_LLHTTP_HTTP2_PREFACE = "Pause on PRI/Upgrade"
 
 LINGER_S = 2.0
 """Time a connection keeps reading after a response sent before its request ended (an error, or 413)."""
 
 _TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
-_MALFORMED_BODY = "Invalid HTTP request received."
+_MALFORMED_BODY = "Invalid HTTP request received"
 _UPGRADE_MESSAGE = "protocol upgrade is not supported: send the publish without Upgrade and Connection: upgrade"
 
 
 class _HeadTooLarge(Exception):
-    pass
+    """A callback found the head, or the trailer section, over a limit; the message names which."""
+
+
+def _unsupported_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """Return the first Transfer-Encoding value that is not exactly ``chunked``, or None."""
+    for name, value in headers:
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            return value
+    return None
+
+
+def _shorten(value: bytes, limit: int = 80) -> str:
+    """Return ``value`` as a printable literal, cut to about ``limit`` characters."""
+    text = repr(value[:limit])
+    return text + "..." if len(value) > limit else text
 
 
 class HttpShimContext:
@@ -75,18 +103,26 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._parsing: HttpRequest | None = None
         self._head_open = False
-        # Bytes of the open head: counted exactly from the callbacks, and
-        # estimated from the chunks while a field has not ended yet.
+        # Bytes of the head, and then of the trailer section, counted from the callbacks.
         self._head_bytes = 0
+        # Bytes of the open head estimated from the chunks, since the callbacks
+        # see a header field only once it ends.
         self._open_head_bytes = 0
         self._heads_completed = 0
         self._chunk_body_bytes = 0
+        # Bytes fed since the last parser callback while a request is being parsed:
+        # httptools buffers a header or trailer field until it ends, and no callback
+        # sees a chunk extension, so these bytes are capped as well.
+        self._stalled_bytes = 0
+        self._callbacks = 0
         self._active: HttpRequest | None = None
         self._active_started = False
+        self._body_timer: asyncio.TimerHandle | None = None
         self._waiting: deque[HttpRequest] = deque()
         self._write_paused = False
         self._reading_paused = False
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._close_seen_at: float | None = None
         self.idle_since = self._loop.time()
 
     # Transport callbacks
@@ -107,12 +143,14 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._parser = None
         if self._linger_timer is not None:
             self._linger_timer.cancel()
+        self._cancel_body_timer()
         if self._context.stopping and not self._context.connections:
             self._context.all_closed.set()
 
     def data_received(self, data: bytes) -> None:
         if self._parser is None:
             return
+        callbacks_before = self._callbacks
         heads_before = self._heads_completed
         self._chunk_body_bytes = 0
         try:
@@ -126,20 +164,33 @@ class PublishHttpProtocol(asyncio.Protocol):
                 self._parser = None
                 self._transport.close()
                 return
-            self._fail(431, self._head_too_large_message())
+            self._fail_too_large(str(error.__context__))
             return
         except httptools.HttpParserError as error:
             logger.info("publish HTTP: malformed request: %s", error)
-            self._fail(400, _MALFORMED_BODY, str(error))
+            reason = str(error)
+            if reason == _LLHTTP_HTTP2_PREFACE:
+                reason = "HTTP/2 is not supported: send HTTP/1.1 or HTTP/1.0"
+            self._fail(400, f"{_MALFORMED_BODY}: {reason}", reason)
             return
 
-        # The callbacks see a header only once it ends, so a head that is still
-        # open counts the bytes of this chunk that were not body: a field that
-        # never ends cannot grow without bound.
+        # A head still open counts the bytes of this chunk that were not body,
+        # so that a field that never ends cannot grow without bound.
         if self._head_open and heads_before == self._heads_completed:
             self._open_head_bytes += len(data) - self._chunk_body_bytes
             if self._open_head_bytes > self._context.max_head_bytes:
-                self._fail(431, self._head_too_large_message())
+                self._fail_too_large(self._head_too_large_message())
+            return
+        # After the head, a chunk in which no callback ran continues one chunk
+        # extension or trailer field, which counts towards the same cap. A chunk
+        # with callbacks may leave up to its own length of such a field uncounted.
+        if self._parsing is None or callbacks_before != self._callbacks:
+            self._stalled_bytes = 0
+            return
+        self._stalled_bytes += len(data)
+        if self._stalled_bytes > self._context.max_head_bytes:
+            message = f"a chunk extension or trailer field exceeds {self._context.max_head_bytes} bytes"
+            self._fail(400, f"{_MALFORMED_BODY}: {message}", message)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -152,30 +203,40 @@ class PublishHttpProtocol(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._callbacks += 1
         self._parsing = HttpRequest(self._transport, self._context.publisher.max_message_bytes)
         self._head_open = True
         self._head_bytes = 0
         self._open_head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
+        self._callbacks += 1
         self._parsing.url += url  # type: ignore[union-attr]
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools also calls this for the fields of a chunked body's trailer section.
+        self._callbacks += 1
         name = name.lower()
         # llhttp keeps trailing whitespace, which RFC 9110 section 5.5 excludes from the value.
         value = value.rstrip(b" \t")
         request = self._parsing
         assert request is not None
+        self._count_head(len(name) + len(value) + _FIELD_OVERHEAD_BYTES)
+        if len(request.headers) >= MAX_HEADER_FIELDS:
+            raise _HeadTooLarge(f"request has more than {MAX_HEADER_FIELDS} header fields")
+        if not self._head_open:
+            # A trailer field: kept out of the headers that a handler reads.
+            return
         if name == b"expect" and value.lower() == b"100-continue":
             request.expect_continue = True
         request.headers.append((name, value))
-        self._count_head(len(name) + len(value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         request = self._parsing
         assert parser is not None and request is not None
+        self._callbacks += 1
         self._head_open = False
         self._heads_completed += 1
         request.method = parser.get_method()
@@ -184,12 +245,28 @@ class PublishHttpProtocol(asyncio.Protocol):
         try:
             request.target = split_target(request.url)
         except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            request.failure = (400, _MALFORMED_BODY)
+            request.failure = (400, f"{_MALFORMED_BODY}: the request target is not a valid ASCII URL: {_shorten(request.url)}")
         else:
             if request.method == b"POST":
-                match = _PUBLISH_PATH.fullmatch(request.target[0])
+                path = "/" + _SLASH_RUN.sub("/", request.target[0].strip("/"))
+                match = _PUBLISH_PATH.fullmatch(path)
                 if match is not None:
                     request.publish_ids = (match[1], match[2])
+        coding = _unsupported_transfer_coding(request.headers)
+        if coding is not None:
+            # llhttp frames the body by the final "chunked" and ignores the codings before it.
+            request.keep_alive = False
+            request.publish_ids = None
+            request.failure = (
+                501,
+                f"Transfer-Encoding {_shorten(coding)} is not supported:"
+                " send the body with Content-Length or with Transfer-Encoding: chunked alone",
+            )
+        if request.http_version not in ("1.0", "1.1"):
+            # llhttp accepts any one-digit major and minor version.
+            request.keep_alive = False
+            request.publish_ids = None
+            request.failure = (505, f"HTTP/{request.http_version} is not supported: send HTTP/1.1 or HTTP/1.0")
         if parser.should_upgrade():
             # llhttp ends an upgrade request at its head and leaves the bytes after
             # it unparsed. This port offers no upgrade, so it handles the request
@@ -201,12 +278,20 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._enqueue(request)
 
     def on_body(self, body: bytes) -> None:
+        self._callbacks += 1
         self._chunk_body_bytes += len(body)
         self._parsing.add_body(body)  # type: ignore[union-attr]
+
+    def on_chunk_header(self) -> None:
+        self._callbacks += 1
+
+    def on_chunk_complete(self) -> None:
+        self._callbacks += 1
 
     def on_message_complete(self) -> None:
         request = self._parsing
         assert request is not None
+        self._callbacks += 1
         self._parsing = None
         request.finish()
         if request is self._active and not self._active_started:
@@ -220,7 +305,16 @@ class PublishHttpProtocol(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self._context.max_head_bytes:
-            raise _HeadTooLarge
+            if self._head_open:
+                raise _HeadTooLarge(self._head_too_large_message())
+            raise _HeadTooLarge(f"the head and trailer section exceed {self._context.max_head_bytes} bytes")
+
+    def _fail_too_large(self, message: str) -> None:
+        """Respond 431 to a head over a limit, or 400 to a body whose trailer section is."""
+        if self._head_open:
+            self._fail(431, message)
+        else:
+            self._fail(400, f"{_MALFORMED_BODY}: {message}", message)
 
     def _fail(self, status: int, message: str, detail: str = "") -> None:
         """Stop parsing and respond ``status`` after the requests before it, then close.
@@ -246,6 +340,25 @@ class PublishHttpProtocol(asyncio.Protocol):
             self._enqueue(request)
         self._update_reading()
 
+    def _fail_slow_body(self, request: HttpRequest) -> None:
+        """Respond 400 to a fallback request whose body has not arrived in time, then close."""
+        self._body_timer = None
+        if request is not self._active or self._active_started or request.complete:
+            return
+        timeout_s = self._context.body_read_timeout_s
+        request.failure = (
+            400,
+            f"request body timed out: it did not arrive within {timeout_s:g} s, so send the whole body without pausing",
+        )
+        self._parsing = None
+        self._parser = None
+        self._start_active()
+
+    def _cancel_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def _end_parsing_after_upgrade(self) -> None:
         # on_headers_complete has already marked the request to close the connection.
         self._parser = None
@@ -264,7 +377,12 @@ class PublishHttpProtocol(asyncio.Protocol):
         assert request is not None
         # A fallback request waits for its whole body; a publish reads its body itself.
         if request.publish_ids is None and not request.complete and request.failure is None:
+            if self._body_timer is None:
+                self._body_timer = self._loop.call_later(
+                    self._context.body_read_timeout_s, self._fail_slow_body, request
+                )
             return
+        self._cancel_body_timer()
         self._active_started = True
         task = self._loop.create_task(self._answer(request))
         self._context.tasks.add(task)
@@ -350,7 +468,16 @@ class PublishHttpProtocol(asyncio.Protocol):
 
         A head that has not completed within ``idle_timeout_s`` of the
         connection going idle is cut off the same way.
+        A connection already closing is aborted once it has been seen closing
+        for ``idle_timeout_s``: ``close`` waits for the write buffer to drain,
+        which a client that does not read never lets happen.
         """
+        if self._transport.is_closing():
+            if self._close_seen_at is None:
+                self._close_seen_at = now
+            elif now - self._close_seen_at >= idle_timeout_s:
+                self._transport.abort()
+            return
         if self._active is None and now - self.idle_since >= idle_timeout_s:
             self._transport.close()
 
@@ -358,6 +485,23 @@ class PublishHttpProtocol(asyncio.Protocol):
         """Close now when idle; otherwise close after the response being prepared."""
         if self._active is None:
             self._transport.close()
+
+    def reject_unfinished_body(self) -> None:
+        """Respond 503 and close when the request being handled still waits for its body.
+
+        The server calls it when the stop's grace period has run out, so that
+        such a client learns to retry instead of seeing the connection drop.
+        """
+        request = self._active
+        if request is None or request.complete or self._transport.is_closing():
+            return
+        if self._active_started and not request.waiting_for_body:
+            return
+        body = b"the server is stopping and the request body did not arrive in time: retry the request"
+        lines = b"%scontent-length: %d\r\n" % (_TEXT_PLAIN, len(body))
+        self._parser = None
+        self._transport.write(encode_response(503, lines, body, keep_alive=False))
+        self._transport.close()
 
     def abort(self) -> None:
         """Close the connection at once, dropping unsent data."""

@@ -120,6 +120,11 @@ class HttpRequest:
         self.disconnected = True
         self._wake()
 
+    @property
+    def waiting_for_body(self) -> bool:
+        """Whether a handler is in ``read_body``, waiting for more of the body."""
+        return self._waiter is not None
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
