@@ -438,7 +438,13 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._parser = None
         self._waiting.clear()
         if self._transport.can_write_eof():
-            self._transport.write_eof()
+            try:
+                self._transport.write_eof()
+            except OSError as error:
+                # shutdown() fails with ENOTCONN once the client has reset the connection.
+                logger.debug("publish HTTP: connection reset before the response ended: %s", error)
+                self._transport.abort()
+                return
         self._linger_timer = self._loop.call_later(LINGER_S, self._transport.close)
         self._update_reading()
 
