@@ -123,6 +123,8 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._close_seen_at: float | None = None
+        # The client has shut down its sending side: the responses still owed go out, then the connection closes.
+        self._peer_eof = False
         self.idle_since = self._loop.time()
 
     # Transport callbacks
@@ -191,6 +193,23 @@ class PublishHttpProtocol(asyncio.Protocol):
         if self._stalled_bytes > self._context.max_head_bytes:
             message = f"a chunk extension or trailer field exceeds {self._context.max_head_bytes} bytes"
             self._fail(400, f"{_MALFORMED_BODY}: {message}", message)
+
+    def eof_received(self) -> bool | None:
+        """Keep the connection open to send the responses still owed after the client's shutdown(SHUT_WR)."""
+        self._peer_eof = True
+        request = self._parsing
+        self._parsing = None
+        self._parser = None
+        if request is not None and not self._head_open:
+            # A request whose body will never end: a publish fails reading it, another request gets 400.
+            request.disconnect()
+            if request.publish_ids is None and request.failure is None:
+                request.failure = (400, "request body is incomplete: the client closed its side before sending it all")
+                if request is self._active and not self._active_started:
+                    self._start_active()
+        if self._active is None or self._linger_timer is not None:
+            return None
+        return True
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -415,7 +434,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         )
         transport.write(encode_response(status, lines, body, keep_alive=keep_alive or lines_close))
         if not keep_alive:
-            if request.complete and request.failure is None:
+            if (request.complete and request.failure is None) or self._peer_eof:
                 transport.close()
             else:
                 self._linger()
@@ -427,6 +446,9 @@ class PublishHttpProtocol(asyncio.Protocol):
         if self._waiting:
             self._active = self._waiting.popleft()
             self._start_active()
+        elif self._peer_eof:
+            transport.close()
+            return
         self._update_reading()
 
     def _linger(self) -> None:
@@ -449,6 +471,9 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._update_reading()
 
     def _update_reading(self) -> None:
+        if self._peer_eof:
+            # The transport has stopped reading; resuming would report the EOF again and again.
+            return
         lingering = self._linger_timer is not None
         paused = not lingering and (bool(self._waiting) or self._write_paused or self._parser is None)
         if paused != self._reading_paused and not self._transport.is_closing():

@@ -299,6 +299,47 @@ async def test_publish_sent_byte_by_byte(connect, redis_client: redis.Redis) -> 
     assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
 
 
+async def test_half_close_after_publish_answered(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    channel_id, request = publish_bytes()
+
+    await connection.send(request)
+    connection.writer.write_eof()
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    assert await connection.at_eof()
+    assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
+
+
+async def test_half_close_pipeline_all_answered(connect) -> None:
+    connection = await connect()
+
+    await connection.send(HEALTH * 3)
+    connection.writer.write_eof()
+    responses = [await connection.read_response() for _ in range(3)]
+
+    assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK"] * 3
+    assert await connection.at_eof()
+
+
+@pytest.mark.parametrize("publish", [True, False], ids=["publish", "health"])
+async def test_half_close_mid_body_400(connect, redis_client: redis.Redis, publish: bool) -> None:
+    connection = await connect()
+    _, head, body = publish_parts(with_length=True)
+    if not publish:
+        head = b"GET /healthz HTTP/1.1\r\nhost: test\r\ncontent-length: %d\r\n\r\n" % len(body)
+
+    await connection.send(head + body[:5])
+    connection.writer.write_eof()
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 400 Bad Request"
+    assert response.body.startswith(b"request body is incomplete")
+    assert await connection.at_eof()
+    assert stream_keys(redis_client) == []
+
+
 async def test_health_head_options_and_body(connect) -> None:
     connection = await connect()
     body = b"z" * (3 * MAX_MESSAGE_BYTES)
