@@ -372,6 +372,39 @@ async def test_health_slow_body_times_out(redis_url: str, broker: Broker) -> Non
     assert closed
 
 
+async def test_slow_head_closed_by_idle_timeout(redis_url: str, broker: Broker) -> None:
+    server = await start_server(redis_url, broker, body_read_timeout_s=1, idle_timeout_s=0.2)
+    head = b"GET /healthz HTTP/1.1\r\nhost: test\r\nx-slow: " + b"s" * 1000
+    try:
+        connection = await open_raw(server.port)
+        sent = 0
+        # A byte every 20 ms keeps the connection busy but never ends the head.
+        for byte in head:
+            try:
+                await connection.send(bytes([byte]))
+            except ConnectionError:
+                break
+            if connection.reader.at_eof():
+                break
+            sent += 1
+            await asyncio.sleep(0.02)
+        closed = await connection.at_eof()
+        connection.writer.close()
+        context = server._context
+        assert context is not None
+        for _ in range(50):
+            if not context.connections:
+                break
+            await asyncio.sleep(0.05)
+        remaining = len(context.connections)
+    finally:
+        await server.stop(grace_s=1)
+
+    assert sent < len(head)
+    assert closed
+    assert remaining == 0
+
+
 async def test_unread_pipeline_bounded_then_aborted(redis_url: str, broker: Broker) -> None:
     server = await start_server(redis_url, broker, body_read_timeout_s=1, idle_timeout_s=1)
     try:
