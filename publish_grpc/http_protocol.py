@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from typing import Any
 
 import httptools
 from litestar.types import ASGIApp
 
-from publish_grpc.http_bridge import call_asgi, split_target
+from publish_grpc.http_bridge import call_asgi
+from publish_grpc.http_head import MALFORMED_MESSAGE, route_head
 from publish_grpc.http_publish import serve_publish
 from publish_grpc.http_request import HttpRequest, encode_response
 from publish_grpc.publisher import Publisher
@@ -29,16 +29,6 @@ from publish_grpc.publisher import Publisher
 __all__ = ["LINGER_S", "HttpShimContext", "PublishHttpProtocol"]
 
 logger = logging.getLogger(__name__)
-
-# The route Litestar would match for "/publish/{org_id:str}/{channel_id:str}":
-# two non-empty segments of the normalized decoded path. The segments stay plain
-# strings so that our validation writes the 400 message, and so that org_id can
-# use all of uint64.
-_PUBLISH_PATH = re.compile(r"/publish/([^/]+)/([^/]+)")
-# Litestar 2.x routes the path with leading and trailing slashes stripped and
-# runs of slashes collapsed (litestar.utils.path.normalize_path), so
-# "//publish/1/x/" is a publish too. Unmatched, it would reach the stub route (500).
-_SLASH_RUN = re.compile(r"//+")
 
 MAX_HEADER_FIELDS = 100
 """Cap on the header fields of one request (Apache's LimitRequestFields default); more get 431."""
@@ -53,26 +43,11 @@ LINGER_S = 2.0
 """Time a connection keeps reading after a response sent before its request ended (an error, or 413)."""
 
 _TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
-_MALFORMED_BODY = "Invalid HTTP request received"
 _UPGRADE_MESSAGE = "protocol upgrade is not supported: send the publish without Upgrade and Connection: upgrade"
 
 
 class _HeadTooLarge(Exception):
     """A callback found the head, or the trailer section, over a limit; the message names which."""
-
-
-def _unsupported_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """Return the first Transfer-Encoding value that is not exactly ``chunked``, or None."""
-    for name, value in headers:
-        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
-            return value
-    return None
-
-
-def _shorten(value: bytes, limit: int = 80) -> str:
-    """Return ``value`` as a printable literal, cut to about ``limit`` characters."""
-    text = repr(value[:limit])
-    return text + "..." if len(value) > limit else text
 
 
 class HttpShimContext:
@@ -173,7 +148,7 @@ class PublishHttpProtocol(asyncio.Protocol):
             reason = str(error)
             if reason == _LLHTTP_HTTP2_PREFACE:
                 reason = "HTTP/2 is not supported: send HTTP/1.1 or HTTP/1.0"
-            self._fail(400, f"{_MALFORMED_BODY}: {reason}", reason)
+            self._fail(400, f"{MALFORMED_MESSAGE}: {reason}", reason)
             return
 
         # A head still open counts the bytes of this chunk that were not body,
@@ -192,7 +167,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._stalled_bytes += len(data)
         if self._stalled_bytes > self._context.max_head_bytes:
             message = f"a chunk extension or trailer field exceeds {self._context.max_head_bytes} bytes"
-            self._fail(400, f"{_MALFORMED_BODY}: {message}", message)
+            self._fail(400, f"{MALFORMED_MESSAGE}: {message}", message)
 
     def eof_received(self) -> bool | None:
         """Keep the connection open to send the responses still owed after the client's shutdown(SHUT_WR)."""
@@ -261,31 +236,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
         request.keep_alive = request.http_version != "1.0" and parser.should_keep_alive()
-        try:
-            request.target = split_target(request.url)
-        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
-            request.failure = (400, f"{_MALFORMED_BODY}: the request target is not a valid ASCII URL: {_shorten(request.url)}")
-        else:
-            if request.method == b"POST":
-                path = "/" + _SLASH_RUN.sub("/", request.target[0].strip("/"))
-                match = _PUBLISH_PATH.fullmatch(path)
-                if match is not None:
-                    request.publish_ids = (match[1], match[2])
-        coding = _unsupported_transfer_coding(request.headers)
-        if coding is not None:
-            # llhttp frames the body by the final "chunked" and ignores the codings before it.
-            request.keep_alive = False
-            request.publish_ids = None
-            request.failure = (
-                501,
-                f"Transfer-Encoding {_shorten(coding)} is not supported:"
-                " send the body with Content-Length or with Transfer-Encoding: chunked alone",
-            )
-        if request.http_version not in ("1.0", "1.1"):
-            # llhttp accepts any one-digit major and minor version.
-            request.keep_alive = False
-            request.publish_ids = None
-            request.failure = (505, f"HTTP/{request.http_version} is not supported: send HTTP/1.1 or HTTP/1.0")
+        route_head(request)
         if parser.should_upgrade():
             # llhttp ends an upgrade request at its head and leaves the bytes after
             # it unparsed. This port offers no upgrade, so it handles the request
@@ -333,7 +284,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         if self._head_open:
             self._fail(431, message)
         else:
-            self._fail(400, f"{_MALFORMED_BODY}: {message}", message)
+            self._fail(400, f"{MALFORMED_MESSAGE}: {message}", message)
 
     def _fail(self, status: int, message: str, detail: str = "") -> None:
         """Stop parsing and respond ``status`` after the requests before it, then close.
