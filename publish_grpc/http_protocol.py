@@ -46,6 +46,18 @@ _TEXT_PLAIN = b"content-type: text/plain; charset=utf-8\r\n"
 _UPGRADE_MESSAGE = "protocol upgrade is not supported: send the publish without Upgrade and Connection: upgrade"
 
 
+MAX_PIPELINED_REQUESTS = 100
+"""Cap on the requests parsed ahead of their responses on one connection; the next one gets 503 and a close.
+
+httptools parses a whole socket read at once, up to 256 KiB, so without it a
+read of small pipelined requests would queue thousands of requests and their responses.
+"""
+
+
+class _PipelineTooDeep(Exception):
+    pass
+
+
 class _HeadTooLarge(Exception):
     """A callback found the head, or the trailer section, over a limit; the message names which."""
 
@@ -136,6 +148,13 @@ class PublishHttpProtocol(asyncio.Protocol):
             self._end_parsing_after_upgrade()
             return
         except httptools.HttpParserCallbackError as error:
+            if isinstance(error.__context__, _PipelineTooDeep):
+                logger.info("publish HTTP: a client pipelined more than %d requests", MAX_PIPELINED_REQUESTS)
+                self._fail(
+                    503,
+                    f"too many pipelined requests: wait for responses before sending more than {MAX_PIPELINED_REQUESTS}",
+                )
+                return
             if not isinstance(error.__context__, _HeadTooLarge):
                 logger.error("publish HTTP: a parser callback failed", exc_info=error.__context__)
                 self._parser = None
@@ -198,6 +217,8 @@ class PublishHttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._callbacks += 1
+        if len(self._waiting) >= MAX_PIPELINED_REQUESTS:
+            raise _PipelineTooDeep
         self._parsing = HttpRequest(self._transport, self._context.publisher.max_message_bytes)
         self._head_open = True
         self._head_bytes = 0

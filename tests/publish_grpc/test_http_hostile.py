@@ -21,7 +21,7 @@ from publish_grpc import PublishServer
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.http_app import create_http_app
 from publish_grpc.http_listener import PublishHttpServer
-from publish_grpc.http_protocol import MAX_HEADER_FIELDS
+from publish_grpc.http_protocol import MAX_HEADER_FIELDS, MAX_PIPELINED_REQUESTS
 from publish_grpc.publisher import Publisher
 from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, make_request, make_settings, stream_keys
 from tests.publish_grpc.test_http_protocol import RawConnection, connect, publish_bytes, publish_head
@@ -285,6 +285,28 @@ async def test_pipeline_stops_at_bad_request(connect, redis_client: redis.Redis)
     assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 400 Bad Request"]
     assert await connection.at_eof()
     assert stream_keys(redis_client) == [stream_key(ORG_ID, first_channel).encode()]
+
+
+async def test_deep_pipeline_503_after_cap(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    channel_id, request = publish_bytes()
+    # One write, so that the server parses it from few socket reads.
+    pipeline = HEALTH * (MAX_PIPELINED_REQUESTS + 50) + request
+
+    await connection.send(pipeline)
+    statuses = []
+    for _ in range(MAX_PIPELINED_REQUESTS + 51):
+        response = await connection.read_response()
+        statuses.append(response.status_line)
+        if response.header(b"connection") == b"close":
+            break
+
+    assert set(statuses[:-1]) == {b"HTTP/1.1 200 OK"}
+    assert len(statuses) > MAX_PIPELINED_REQUESTS
+    assert statuses[-1] == b"HTTP/1.1 503 Service Unavailable"
+    assert response.body.startswith(b"too many pipelined requests")
+    assert await connection.at_eof()
+    assert redis_client.exists(stream_key(ORG_ID, channel_id)) == 0
 
 
 async def test_publish_sent_byte_by_byte(connect, redis_client: redis.Redis) -> None:
