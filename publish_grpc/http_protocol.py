@@ -3,11 +3,12 @@
 ``serve_publish`` handles ``POST /publish/{org_id}/{channel_id}`` without
 an ASGI scope, and the fallback ASGI app handles every other request through
 ``call_asgi``. Responses go out in request order, one
-``transport.write`` each. The connection closes after a response in four
-cases: the client requested it (HTTP/1.0 or ``Connection: close``), the
-response went out before the whole request body arrived, the request was
-malformed (400), its head too large (431), its transfer coding (501) or HTTP
-version (505) not supported, or the server is stopping.
+``transport.write`` each. The connection closes after a response when the
+client requested it (HTTP/1.0, ``Connection: close`` or a half-close), or when
+the response went out before the whole request body arrived. It also closes
+after an error about the connection itself: a malformed request (400), a head
+too large (431), too many pipelined requests (503), a transfer coding (501) or
+HTTP version (505) not supported. Last, it closes when the server is stopping.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         self._chunk_body_bytes = 0
         # Bytes fed since the last parser callback while a request is being parsed:
         # httptools buffers a header or trailer field until it ends, and no callback
-        # sees a chunk extension, so these bytes are capped as well.
+        # receives a chunk extension, so these bytes are capped as well.
         self._stalled_bytes = 0
         self._callbacks = 0
         self._active: HttpRequest | None = None
