@@ -367,8 +367,10 @@ class PublishHttpProtocol(asyncio.Protocol):
     def _start_active(self) -> None:
         request = self._active
         assert request is not None
-        # A fallback request waits for its whole body; a publish reads its body itself.
-        if request.publish_ids is None and not request.complete and request.failure is None:
+        # A fallback request waits for its whole body, unless its client waits for
+        # "100 Continue" first, which only a publish sends. A publish reads its body itself.
+        waits_for_body = not (request.complete or request.expect_continue or request.failure is not None)
+        if request.publish_ids is None and waits_for_body:
             if self._body_timer is None:
                 self._body_timer = self._loop.call_later(
                     self._context.body_read_timeout_s, self._fail_slow_body, request

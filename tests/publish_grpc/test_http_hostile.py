@@ -378,6 +378,16 @@ async def test_health_head_options_and_body(connect) -> None:
     assert get_response.status_line == b"HTTP/1.1 200 OK"
 
 
+async def test_health_expect_continue_answered(connect) -> None:
+    connection = await connect()
+
+    await connection.send(b"GET /healthz HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n")
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    assert response.header(b"connection") == b"close"
+
+
 async def test_health_slow_body_times_out(redis_url: str, broker: Broker) -> None:
     server = await start_server(redis_url, broker, body_read_timeout_s=0.2)
     try:
