@@ -89,6 +89,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         # Respond to the requests up to a "Connection: close" one and ignore the bytes after it.
         self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
+
         self._parsing: HttpRequest | None = None
         self._head_open = False
         # Bytes of the head, and then of the trailer section, counted from the callbacks.
@@ -103,6 +104,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         # receives a chunk extension, so these bytes are capped as well.
         self._stalled_bytes = 0
         self._callbacks = 0
+
         self._active: HttpRequest | None = None
         self._active_started = False
         self._body_timer: asyncio.TimerHandle | None = None
