@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import uvicorn
 from litestar.types import ASGIApp
 
-__all__ = ["HttpServer", "enable_port_sharing", "port_sharing_enabled"]
+__all__ = ["HttpServer", "bind_listening_socket", "enable_port_sharing", "port_sharing_enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,26 @@ def enable_port_sharing() -> None:
 def port_sharing_enabled() -> bool:
     """Tell whether ``enable_port_sharing`` was called in this process."""
     return _port_sharing
+
+
+def bind_listening_socket(host: str, port: int, *, name: str) -> socket.socket:
+    """Bind a non-blocking TCP socket to ``host:port`` and listen; raise OSError naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP makes asyncio set TCP_NODELAY on each accepted connection. With
+    # protocol 0 it does not, and every response on a reused connection waits
+    # about 40 ms for the client's delayed ACK (Nagle's algorithm).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if _port_sharing:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"{name}: cannot bind {host}:{port}: {error.strerror}") from error
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -110,21 +130,7 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind the socket and begin serving in a task that this object owns."""
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # IPPROTO_TCP makes asyncio set TCP_NODELAY on each accepted connection. With
-        # protocol 0 it does not, and every response on a reused connection waits
-        # about 40 ms for the client's delayed ACK (Nagle's algorithm).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _port_sharing:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((self._host, self._requested_port))
-        except OSError as error:
-            sock.close()
-            raise OSError(f"{self.name}: cannot bind {self._host}:{self._requested_port}: {error.strerror}") from error
-        sock.listen(2048)
-        sock.setblocking(False)
+        sock = bind_listening_socket(self._host, self._requested_port, name=self.name)
         self._socket = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"{self.name}-http")
         logger.info("%s listening", self.name, extra={"host": self._host, "port": self.port})

@@ -11,11 +11,12 @@ from grpc_reflection.v1alpha import reflection
 
 from broker.base import Broker
 from conduit.errors import ConfigError
-from conduit.http_server import HttpServer, port_sharing_enabled
+from conduit.http_server import port_sharing_enabled
 from conduit.settings import Settings
 from publish_grpc.auth import CLOCK_SKEW_LEEWAY_S, TokenVerifier
 from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
 from publish_grpc.http_app import BODY_READ_TIMEOUT_S, create_http_app
+from publish_grpc.http_listener import PublishHttpServer
 from publish_grpc.publisher import Publisher
 
 __all__ = ["GRPC_RECEIVE_HEADROOM_BYTES", "PublishServer"]
@@ -50,17 +51,12 @@ class PublishServer:
             max_message_bytes=settings.max_message_bytes,
         )
         self._health = health.aio.HealthServicer()
-        self._http = HttpServer(
-            create_http_app(
-                self._publisher, is_draining=lambda: self._draining, body_read_timeout_s=body_read_timeout_s
-            ),
+        self._http = PublishHttpServer(
+            self._publisher,
+            create_http_app(self._publisher, is_draining=lambda: self._draining),
             settings.host,
             settings.publish_port,
-            name="publish",
-            # An access line per publish costs about 15 % of the shim's CPU
-            # (docs/benchmarks.md). Metrics count every publish, and
-            # PublishAttempt logs the rejections.
-            access_log=False,
+            body_read_timeout_s=body_read_timeout_s,
         )
         self._grpc: grpc.aio.Server | None = None
         self._grpc_port: int | None = None
