@@ -308,9 +308,18 @@ class _Subscriber(asyncio.Protocol):
 
 
 async def _subscriber_process(
-    target: Target, channels: list[str], control: multiprocessing.connection.Connection
-) -> dict[str, Any]:
-    """Connect one subscriber per entry of ``channels``, report the connected count, then run until the parent's command ends it."""
+    target: Target,
+    channels: list[str],
+    control: multiprocessing.connection.Connection,
+    results: multiprocessing.connection.Connection,
+) -> None:
+    """Connect one subscriber per entry of ``channels``, report the connected count, then run until the parent's command ends it.
+
+    The results go to ``results`` before the connections close. After the
+    command ``("until", expected, deadline, True)`` the connections stay open
+    until the parent sends ``("close",)``, so the parent can read the server's
+    CPU time before the server handles the disconnects.
+    """
     loop = asyncio.get_running_loop()
     ready = asyncio.Semaphore(200)
     subscribers = [_Subscriber(target.subscribe_request(channel)) for channel in channels]
@@ -324,18 +333,21 @@ async def _subscriber_process(
                 break
             await asyncio.sleep(0.05)
         control.send(("ready", sum(sub.connected and not sub.closed for sub in subscribers)))
-        # The parent sends ("stop",) or ("until", expected_count, deadline_monotonic).
+        # The parent sends ("stop",) or ("until", expected_count, deadline_monotonic, keep_open).
         command = await loop.run_in_executor(None, _recv_with_timeout, control, 600.0)
+        keep_open = False
         if command[0] == "until":
-            _, expected, until = command
+            _, expected, until, keep_open = command
             while time.perf_counter() < until:
                 if all(len(sub.received) >= expected or sub.closed for sub in subscribers):
                     break
                 await asyncio.sleep(0.02)
-        return {
+        results.send({
             "received": [sub.received for sub in subscribers],
             "still_connected": sum(sub.connected and not sub.closed for sub in subscribers),
-        }
+        })
+        if keep_open:
+            await loop.run_in_executor(None, _recv_with_timeout, control, 600.0)
     finally:
         for task in tasks:
             task.cancel()
@@ -345,9 +357,13 @@ async def _subscriber_process(
 
 
 def _recv_with_timeout(conn: multiprocessing.connection.Connection, timeout_s: float) -> Any:
-    if not conn.poll(timeout_s):
+    """Return the parent's next command; ``("stop",)`` after ``timeout_s`` or when the parent closed its end."""
+    try:
+        if not conn.poll(timeout_s):
+            return ("stop",)
+        return conn.recv()
+    except (EOFError, OSError):
         return ("stop",)
-    return conn.recv()
 
 
 def _subscriber_main(target: Target, channels: list[str], control: Any, results: Any) -> None:
@@ -361,7 +377,7 @@ def _subscriber_main(target: Target, channels: list[str], control: Any, results:
         else:
             loop_factory = uvloop.new_event_loop
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            results.send(runner.run(_subscriber_process(target, channels, control)))
+            runner.run(_subscriber_process(target, channels, control, results))
     finally:
         results.close()
 
@@ -393,19 +409,31 @@ class SubscriberGroup:
             connected += control.recv()[1]
         return connected
 
-    def finish(self, expected: int | None, until_perf: float, timeout_s: float = 120) -> list[dict[str, Any]]:
-        """Collect the results: wait for ``expected`` markers each (or ``until_perf``), or stop now when None."""
+    def finish(
+        self, expected: int | None, until_perf: float, timeout_s: float = 120, *, keep_open: bool = False
+    ) -> list[dict[str, Any]]:
+        """Collect the results: wait for ``expected`` markers each (or ``until_perf``), or stop now when None.
+
+        With ``keep_open`` the subscribers stay connected until ``close``;
+        otherwise this closes them and waits for the processes.
+        """
         for _, control, _ in self._procs:
-            control.send(("stop",) if expected is None else ("until", expected, until_perf))
+            control.send(("stop",) if expected is None else ("until", expected, until_perf, keep_open))
         results = []
         deadline = time.monotonic() + timeout_s
         for _, _, conn in self._procs:
             if conn.poll(max(0.0, deadline - time.monotonic())):
                 results.append(conn.recv())
-        self.close()
+        if not keep_open:
+            self.close()
         return results
 
     def close(self) -> None:
+        """Tell the processes to close their connections, then wait for them to exit."""
+        for process, control, _ in self._procs:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(OSError):
+                    control.send(("close",))
         for process, _, _ in self._procs:
             if process.pid is None:
                 continue
