@@ -42,13 +42,14 @@ class _LiveChunk:
     list, so its identity cannot be reused while it is remembered.
     """
 
-    __slots__ = ("_batch", "_chunk", "_length", "_uncounted")
+    __slots__ = ("_batch", "_chunk", "_flush_loop", "_length", "_uncounted")
 
     def __init__(self) -> None:
         self._batch: list[SseEvent] | None = None
         self._length = 0
         self._chunk: bytes | None = None
         self._uncounted = 0
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
 
     def chunk(self, batch: list[SseEvent]) -> bytes | None:
         """Return ``batch`` framed as one HTTP chunk; None when it contains a control event or the END."""
@@ -63,11 +64,15 @@ class _LiveChunk:
 
     def count(self, events: int) -> None:
         """Add ``events`` to the ``events_sent`` metric once the current loop pass ends."""
-        if self._uncounted == 0:
-            asyncio.get_running_loop().call_soon(self._flush)
+        loop = asyncio.get_running_loop()
+        # A flush scheduled on another loop (one that closed first, in tests) never runs.
+        if self._flush_loop is not loop:
+            self._flush_loop = loop
+            loop.call_soon(self._flush)
         self._uncounted += events
 
     def _flush(self) -> None:
+        self._flush_loop = None
         uncounted, self._uncounted = self._uncounted, 0
         _STREAM_SENT.inc(uncounted)
 

@@ -150,3 +150,29 @@ async def test_uvicorn_cycle_none_for_other_send() -> None:
         return None
 
     assert uvicorn_cycle(send) is None
+
+
+def test_write_live_counts_across_loops() -> None:
+    """A count left by a loop that stopped before its flush is added on the next loop."""
+    before = sent_stream_events()
+    first_loop = asyncio.new_event_loop()
+    cycle, _ = first_loop.run_until_complete(started_cycle())
+
+    def write_and_stop() -> None:
+        assert write_live(cycle, [stream_event(1)])
+        first_loop.stop()  # the flush, scheduled for the next iteration, never runs
+
+    first_loop.call_soon(write_and_stop)
+    first_loop.run_forever()
+    first_loop.close()
+    stopped_early = sent_stream_events()
+
+    async def write_and_yield() -> None:
+        next_cycle, _ = await started_cycle()
+        assert write_live(next_cycle, [stream_event(2)])
+        await asyncio.sleep(0)
+
+    asyncio.run(write_and_yield())
+
+    assert stopped_early == before
+    assert sent_stream_events() == before + 2
