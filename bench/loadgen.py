@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import time
 import uuid
@@ -368,6 +369,13 @@ def _recv_with_timeout(conn: multiprocessing.connection.Connection, timeout_s: f
 
 def _subscriber_main(target: Target, channels: list[str], control: Any, results: Any) -> None:
     try:
+        # SCHED_BATCH: a wake-up of this process does not preempt the server
+        # under test. Otherwise, on a machine where both share the CPUs, the
+        # server loses its CPU in the middle of a fan-out pass to the
+        # subscribers it just woke, which a client on its own machine never
+        # causes. Linux only; elsewhere the default policy stays.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         # uvloop, as the servers under test use, when it is installed: its
         # callbacks cost the generator less CPU per received event.
         try:
