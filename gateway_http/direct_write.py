@@ -65,7 +65,7 @@ class _LiveChunk:
     def count(self, events: int) -> None:
         """Add ``events`` to the ``events_sent`` metric once the current loop pass ends."""
         loop = asyncio.get_running_loop()
-        # A flush scheduled on another loop (one that closed first, in tests) never runs.
+        # A flush scheduled on a loop that stopped before running it (in tests) never runs.
         if self._flush_loop is not loop:
             self._flush_loop = loop
             loop.call_soon(self._flush)
