@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import re
 import time
 import uuid
@@ -254,56 +255,93 @@ def run_in_processes(function: Callable[..., Any], args_per_process: list[tuple[
 # --- Subscribers -------------------------------------------------------------
 
 
-class _Subscriber:
-    """One SSE connection that records the first receive time of each marker."""
+class _Subscriber(asyncio.Protocol):
+    """One SSE connection that records the first receive time of each marker.
 
-    def __init__(self) -> None:
+    A protocol rather than a stream reader with a task: the receive time is
+    taken in ``data_received``, when the event loop reads the socket, and an
+    event costs the generator one callback instead of a task wake-up. With
+    thousands of subscribers the generator shares the CPUs with the server
+    under test, so its cost per event is part of every latency it measures.
+    """
+
+    def __init__(self, request: bytes) -> None:
         self.received: dict[int, float] = {}
         self.connected = False
         self.closed = False
-        self.writer: asyncio.StreamWriter | None = None
+        self._request = request
+        self._head = b""
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self._response: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    async def run(self, target: Target, channel: str, ready: asyncio.Semaphore) -> None:
+    async def run(self, target: Target, ready: asyncio.Semaphore) -> None:
+        """Connect and wait for the response head; the protocol's callbacks take the events from then on."""
+        loop = asyncio.get_running_loop()
         try:
             async with ready:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(target.host, target.subscribe_port), _CONNECT_TIMEOUT_S
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: self, target.host, target.subscribe_port), _CONNECT_TIMEOUT_S
                 )
-                self.writer = writer
-                writer.write(target.subscribe_request(channel))
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _CONNECT_TIMEOUT_S)
-                if int(head[9:12]) != 200:
-                    return
-                self.connected = True
-            buffer = b""
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                now = time.perf_counter()
-                buffer += chunk
-                end = buffer.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                complete, buffer = buffer[: end + 2], buffer[end + 2 :]
-                for match in _MARKER.finditer(complete):
-                    self.received.setdefault(int(match.group(1)), now)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+                self.connected = await asyncio.wait_for(asyncio.shield(self._response), _CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            self.close()
+        if not self.connected:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._transport.write(self._request)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self._response.done():
+            self._response.set_result(False)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        if not self._response.done():
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            ok = self._head[9:12] == b"200"
+            data, self._head = self._head[end + 4 :], b""
+            self._response.set_result(ok)
+            if not ok:
+                return
+        buffer = self._buffer + data if self._buffer else data
+        end = buffer.rfind(b"\n\n")
+        if end < 0:
+            self._buffer = buffer
             return
-        finally:
-            self.closed = True
-            if self.writer is not None:
-                self.writer.close()
+        complete, self._buffer = buffer[: end + 2], buffer[end + 2 :]
+        for match in _MARKER.finditer(complete):
+            self.received.setdefault(int(match.group(1)), now)
 
 
 async def _subscriber_process(
-    target: Target, channels: list[str], control: multiprocessing.connection.Connection
-) -> dict[str, Any]:
-    """Connect one subscriber per entry of ``channels``, report the connected count, then run until the parent's command ends it."""
+    target: Target,
+    channels: list[str],
+    control: multiprocessing.connection.Connection,
+    results: multiprocessing.connection.Connection,
+) -> None:
+    """Connect one subscriber per entry of ``channels``, report the connected count, then run until the parent's command ends it.
+
+    The results go to ``results`` before the connections close. After the
+    command ``("until", expected, deadline, True)`` the connections stay open
+    until the parent sends ``("close",)``, so the parent can read the server's
+    CPU time before the server handles the disconnects.
+    """
     loop = asyncio.get_running_loop()
     ready = asyncio.Semaphore(200)
-    subscribers = [_Subscriber() for _ in channels]
-    tasks = [asyncio.create_task(sub.run(target, ch, ready)) for sub, ch in zip(subscribers, channels, strict=True)]
+    subscribers = [_Subscriber(target.subscribe_request(channel)) for channel in channels]
+    tasks = [asyncio.create_task(sub.run(target, ready)) for sub in subscribers]
     try:
         deadline = time.monotonic() + 60
         # Connected, or given up on, within the deadline.
@@ -313,33 +351,58 @@ async def _subscriber_process(
                 break
             await asyncio.sleep(0.05)
         control.send(("ready", sum(sub.connected and not sub.closed for sub in subscribers)))
-        # The parent sends ("stop",) or ("until", expected_count, deadline_monotonic).
+        # The parent sends ("stop",) or ("until", expected_count, deadline_monotonic, keep_open).
         command = await loop.run_in_executor(None, _recv_with_timeout, control, 600.0)
+        keep_open = False
         if command[0] == "until":
-            _, expected, until = command
+            _, expected, until, keep_open = command
             while time.perf_counter() < until:
                 if all(len(sub.received) >= expected or sub.closed for sub in subscribers):
                     break
                 await asyncio.sleep(0.02)
-        return {
+        results.send({
             "received": [sub.received for sub in subscribers],
             "still_connected": sum(sub.connected and not sub.closed for sub in subscribers),
-        }
+        })
+        if keep_open:
+            await loop.run_in_executor(None, _recv_with_timeout, control, 600.0)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for sub in subscribers:
+            sub.close()
 
 
 def _recv_with_timeout(conn: multiprocessing.connection.Connection, timeout_s: float) -> Any:
-    if not conn.poll(timeout_s):
+    """Return the parent's next command; ``("stop",)`` after ``timeout_s`` or when the parent closed its end."""
+    try:
+        if not conn.poll(timeout_s):
+            return ("stop",)
+        return conn.recv()
+    except (EOFError, OSError):
         return ("stop",)
-    return conn.recv()
 
 
 def _subscriber_main(target: Target, channels: list[str], control: Any, results: Any) -> None:
     try:
-        results.send(asyncio.run(_subscriber_process(target, channels, control)))
+        # SCHED_BATCH: a wake-up of this process does not preempt the server
+        # under test. Otherwise, on a machine where both share the CPUs, the
+        # server loses its CPU in the middle of a fan-out pass to the
+        # subscribers it just woke, which a client on its own machine never
+        # causes. Linux only; elsewhere the default policy stays.
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        # uvloop, as the servers under test use, when it is installed: its
+        # callbacks cost the generator less CPU per received event.
+        try:
+            import uvloop
+        except ImportError:
+            loop_factory = None
+        else:
+            loop_factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(_subscriber_process(target, channels, control, results))
     finally:
         results.close()
 
@@ -371,19 +434,31 @@ class SubscriberGroup:
             connected += control.recv()[1]
         return connected
 
-    def finish(self, expected: int | None, until_perf: float, timeout_s: float = 120) -> list[dict[str, Any]]:
-        """Collect the results: wait for ``expected`` markers each (or ``until_perf``), or stop now when None."""
+    def finish(
+        self, expected: int | None, until_perf: float, timeout_s: float = 120, *, keep_open: bool = False
+    ) -> list[dict[str, Any]]:
+        """Collect the results: wait for ``expected`` markers each (or ``until_perf``), or stop now when None.
+
+        With ``keep_open`` the subscribers stay connected until ``close``;
+        otherwise this closes them and waits for the processes.
+        """
         for _, control, _ in self._procs:
-            control.send(("stop",) if expected is None else ("until", expected, until_perf))
+            control.send(("stop",) if expected is None else ("until", expected, until_perf, keep_open))
         results = []
         deadline = time.monotonic() + timeout_s
         for _, _, conn in self._procs:
             if conn.poll(max(0.0, deadline - time.monotonic())):
                 results.append(conn.recv())
-        self.close()
+        if not keep_open:
+            self.close()
         return results
 
     def close(self) -> None:
+        """Tell the processes to close their connections, then wait for them to exit."""
+        for process, control, _ in self._procs:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(OSError):
+                    control.send(("close",))
         for process, _, _ in self._procs:
             if process.pid is None:
                 continue

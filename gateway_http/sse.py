@@ -41,6 +41,7 @@ from litestar.types import Receive, Scope, Send
 
 from conduit.errors import BrokerUnavailable
 from gateway_http.deadlines import Deadlines
+from gateway_http.direct_write import uvicorn_cycle, write_live
 from gateway_http.drain import Drain
 from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, SseEvent, control_frame, error_frame
 from gateway_http.feed import Feed, SubscriberLagging
@@ -110,11 +111,13 @@ class _Connection:
     """
 
     __slots__ = (
-        "_deadlines", "_headers", "_pending", "_send", "_task", "_timeout_s", "error", "interruptible", "stop_reason",
+        "_deadlines", "_direct", "_headers", "_pending", "_send", "_task", "_timeout_s", "error", "interruptible",
+        "stop_reason",
     )
 
     def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float, headers: list[tuple[bytes, bytes]]) -> None:
         self._send = send
+        self._direct = uvicorn_cycle(send)
         self._headers = headers
         self._deadlines = deadlines
         self._timeout_s = timeout_s
@@ -133,6 +136,14 @@ class _Connection:
         """
         if self._pending is not None or not self.interruptible or self.stop_reason is not None:
             return False
+        if self._direct is not None:
+            try:
+                if write_live(self._direct, batch):
+                    return True
+            except Exception as error:  # noqa: BLE001 - raised again in the pump's task by _run
+                self.error = error
+                self.interrupt(_SEND_FAILED)
+                return True
         for event in batch:
             if event.kind != "stream" or event.is_end:
                 return False
