@@ -19,6 +19,7 @@ installed uvicorn.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from gateway_http.events import SseEvent
@@ -30,6 +31,8 @@ try:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _HttptoolsCycle
 except ImportError:  # uvicorn without httptools: every stream uses ASGI
     _HttptoolsCycle = None
+
+logger = logging.getLogger(__name__)
 
 _STREAM_SENT = EVENTS_SENT.labels("stream")
 
@@ -99,15 +102,27 @@ def write_live(cycle: Any, batch: list[SseEvent]) -> bool:
     that uvicorn's ``send`` would not make at once: before the response
     start, after its end, while flow control pauses writing, after a
     disconnect, and for a response without chunked encoding. Raises what
-    ``transport.write`` raises.
+    ``transport.write`` raises. A uvicorn whose response lacks the attributes
+    read here turns the direct path off for the whole process.
     """
-    if (
-        cycle.flow.write_paused
-        or cycle.disconnected
-        or not cycle.response_started
-        or cycle.response_complete
-        or cycle.chunked_encoding is not True
-    ):
+    global _HttptoolsCycle
+    if _HttptoolsCycle is None:
+        return False
+    try:
+        streaming = not (
+            cycle.flow.write_paused
+            or cycle.disconnected
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.chunked_encoding is not True
+        )
+    except AttributeError:
+        # Another uvicorn release without these attributes: from now on every
+        # stream of this process sends through ASGI.
+        logger.warning("uvicorn's response lacks the attributes of 0.55; live events go through ASGI")
+        _HttptoolsCycle = None
+        return False
+    if not streaming:
         return False
     chunk = _live_chunk.chunk(batch)
     if chunk is None:

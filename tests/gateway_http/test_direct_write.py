@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from gateway_http import direct_write
 from gateway_http.direct_write import uvicorn_cycle, write_live
 from gateway_http.events import SseEvent, control_event
 
@@ -176,3 +177,13 @@ def test_write_live_counts_across_loops() -> None:
 
     assert stopped_early == before
     assert sent_stream_events() == before + 2
+
+
+async def test_write_live_off_without_uvicorn_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct_write, "_HttptoolsCycle", RequestResponseCycle)
+    cycle, transport = await started_cycle()
+
+    assert not write_live(object(), [stream_event(1)])
+    assert uvicorn_cycle(cycle.send) is None
+    assert not write_live(cycle, [stream_event(2)])
+    assert transport.written == b""
