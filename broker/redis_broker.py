@@ -6,7 +6,8 @@ slots and are updated by separate commands: tracked before the append, so that
 cleanup can find every stream, and untracked after an END. A stream that this
 process tracked less than ``tracking_refresh_s`` ago is not tracked again (see
 ``RedisBroker.append``), so a publish to a busy stream is one round trip. On
-a single Redis, appends in flight at the same time share one pipeline.
+a single Redis, appends in flight at the same time share one batch: one write
+and one read.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from broker.cursors import ReadCursors
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
+from broker.redis_evalsha import run_evalsha_batch
 from broker.redis_xread import EncodedStreams, data_field, entries_of_reply
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -52,7 +54,7 @@ deleting a stream, so any value is safe. One well below the cleanup idle time
 # Streams remembered as tracked, per process. Past this the oldest is forgotten
 # and simply tracked again on its next publish.
 _MAX_RECENTLY_TRACKED = 65_536
-# Maximum appends per pipeline. A pipeline is one write and one read.
+# Maximum appends per batch. A batch is one write and one read.
 _MAX_APPEND_BATCH = 64
 _SWEEP_BATCH_SIZE = 100
 _MAX_REPORTED_FOREIGN_ENTRIES = 1024
@@ -360,7 +362,7 @@ class RedisBroker(Broker):
             raise broker_closed()
 
     async def _run_append(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        """Run an append script; on a single Redis, in one pipeline with the other appends waiting.
+        """Run an append script; on a single Redis, in one batch with the other appends waiting.
 
         A single Redis runs a connection's commands in the order sent, so
         batching keeps the order of appends that are in flight together. A
@@ -377,7 +379,7 @@ class RedisBroker(Broker):
         return await future
 
     async def _send_append_batches(self) -> None:
-        """Send the waiting appends in pipelines until none wait, then end."""
+        """Send the waiting appends in batches until none wait, then end."""
         batch: list[_PendingAppend] = []
         try:
             while self._pending_appends:
@@ -406,23 +408,19 @@ class RedisBroker(Broker):
             self._pending_appends.clear()
 
     async def _execute_appends(self, batch: list[_PendingAppend]) -> list[Any]:
-        """Run each item's script once in one pipeline; load the scripts and rerun the items that found theirs missing."""
-        replies = await self._pipeline_appends([(script, keys, args) for script, keys, args, _ in batch])
+        """Run each item's script once in one batch; load the scripts and rerun the items that found theirs missing."""
+        replies = await run_evalsha_batch(self._client, [(script.sha, keys, args) for script, keys, args, _ in batch])
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # After a SCRIPT FLUSH or a restart of Redis. The reruns keep their relative order.
             for source in {batch[index][0].script for index in missing}:
                 await self._client.script_load(source)
-            reruns = await self._pipeline_appends([batch[index][:3] for index in missing])
+            reruns = await run_evalsha_batch(
+                self._client, [(batch[index][0].sha, batch[index][1], batch[index][2]) for index in missing]
+            )
             for index, reply in zip(missing, reruns, strict=True):
                 replies[index] = reply
         return replies
-
-    async def _pipeline_appends(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
-        pipeline = self._client.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipeline.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipeline.execute(raise_on_error=False))
 
     async def _track(self, stream: str) -> None:
         """ZADD the stream to its tracking shard and remember when."""

@@ -7,7 +7,6 @@ one line per message would drown everything else at the rates publishers send.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
@@ -15,7 +14,6 @@ from types import TracebackType
 from typing import Literal
 
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Gauge, Histogram
 
 from conduit.errors import (
     BrokerUnavailable,
@@ -27,6 +25,7 @@ from conduit.errors import (
     Unauthenticated,
 )
 from conduit.v1alpha.publish_pb2 import PublishRequest
+from publish_grpc.publish_metrics import PUBLISH_METRICS, PublishSeries
 from publish_grpc.validation import ValidatedPublish, describe_value
 
 __all__ = ["FrontDoor", "PublishAttempt", "outcome_of"]
@@ -34,23 +33,6 @@ __all__ = ["FrontDoor", "PublishAttempt", "outcome_of"]
 logger = logging.getLogger(__name__)
 
 FrontDoor = Literal["grpc", "http"]
-
-PUBLISHES = Counter(
-    "conduit_publish_requests",
-    "Publish requests answered, by front door and outcome.",
-    ["front_door", "outcome"],
-)
-PUBLISH_DURATION = Histogram(
-    "conduit_publish_duration_seconds",
-    "Time from receiving a publish to answering it, by front door.",
-    ["front_door"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
-PUBLISHES_IN_FLIGHT = Gauge(
-    "conduit_publish_in_flight",
-    "Publishes being processed now, by front door.",
-    ["front_door"],
-)
 
 _OUTCOMES: dict[type[ConduitError], str] = {
     InvalidArgument: "invalid_argument",
@@ -83,18 +65,6 @@ def _uuid_field(raw: str) -> str:
         except ValueError:
             pass
     return describe_value(raw)
-
-
-@functools.cache
-def _door_metrics(front_door: FrontDoor) -> tuple[Gauge, Histogram]:
-    """Return the in-flight gauge and duration histogram of one front door; labels() costs a lock each call."""
-    return PUBLISHES_IN_FLIGHT.labels(front_door), PUBLISH_DURATION.labels(front_door)
-
-
-@functools.cache
-def _outcome_counter(front_door: FrontDoor, outcome: str) -> Counter:
-    """Return the counter of one front door and outcome; both label sets are finite."""
-    return PUBLISHES.labels(front_door, outcome)
 
 
 def outcome_of(error: BaseException) -> str:
@@ -145,6 +115,7 @@ class PublishAttempt:
         self._request: PublishRequest | None = None
         self._publish: ValidatedPublish | None = None
         self._started = 0.0
+        self._series: PublishSeries | None = None
 
     def note_path(self, org_id: str, channel_id: str) -> None:
         """Record the ids of an HTTP path before they are validated: well-formed ones as values, others quoted."""
@@ -202,7 +173,8 @@ class PublishAttempt:
     def start(self) -> None:
         """Start timing and count the publish as in flight, as entering the block does."""
         self._started = time.perf_counter()
-        _door_metrics(self.front_door)[0].inc()
+        self._series = series = PUBLISH_METRICS.series(self.front_door)
+        series.in_flight += 1
 
     def finish(self, error: BaseException | None) -> None:
         """Record the outcome, accepted when ``error`` is None, as leaving the block does.
@@ -210,20 +182,19 @@ class PublishAttempt:
         This is for callers that cannot wrap a publish in one block, such as
         a batch of them. Call it once per ``start``.
         """
-        in_flight, duration = _door_metrics(self.front_door)
-        in_flight.dec()
-        duration.observe(time.perf_counter() - self._started)
+        duration_s = time.perf_counter() - self._started
+        series = self._series or PUBLISH_METRICS.series(self.front_door)
 
         if error is None:
-            _outcome_counter(self.front_door, "accepted").inc()
+            series.observe(duration_s, "accepted")
             return
         if not isinstance(error, Exception):
             # Cancelled: the caller went away or the server is stopping.
-            _outcome_counter(self.front_door, "cancelled").inc()
+            series.observe(duration_s, "cancelled")
             return
 
         outcome = outcome_of(error)
-        _outcome_counter(self.front_door, outcome).inc()
+        series.observe(duration_s, outcome)
         if outcome == "internal":
             logger.error("publish failed", exc_info=error, extra={"front_door": self.front_door, **self._ids()})
             return

@@ -158,7 +158,7 @@ async def test_append_many_after_script_flush_reloads_scripts(
     await redis_broker.append_many(stream, [NewEntry(b"before flush")])
     await raw.script_flush()
 
-    # Both scripts are missing now. Appends in flight together share one pipeline unless one tracks its stream first.
+    # Both scripts are missing now. Appends in flight together share one batch unless one tracks its stream first.
     results = await asyncio.gather(
         redis_broker.append_many(stream, [NewEntry(b"batch 1"), NewEntry(b"batch 2")]),
         redis_broker.append(stream, b"single", end=False),
