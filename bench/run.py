@@ -180,8 +180,8 @@ async def _publish_markers(target: Target, plan: list[tuple[int, str]], interval
     A send time is taken just before the request's write, after the request
     is built. Building a Conduit request (a protobuf body with a fresh UUID)
     cost the generator 0.09 ms more than an Nchan one (median, 2-CPU VM,
-    requests 0.1 s apart), which would
-    otherwise count as delivery latency of Conduit's alone.
+    requests 0.1 s apart), which would otherwise count as delivery latency
+    of Conduit's alone.
     """
     sent: dict[int, float] = {}
     opened = [await asyncio.open_connection(target.host, target.publish_port) for _ in range(connections)]
