@@ -207,8 +207,18 @@ def _add_send_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     send.add_argument("--sequence", type=_non_negative_int, default=0, metavar="N", help="sequence of the single message (default 0)")
     send.add_argument("--message-id", type=_uuid, metavar="UUID", help="message UUID of the single message (default: random)")
     send.add_argument("--grpc", action="store_true", help="publish over gRPC instead of the HTTP shim")
-    send.add_argument("--url", default="http://127.0.0.1:8081", metavar="URL", help="HTTP shim base URL (default %(default)s)")
-    send.add_argument("--grpc-target", default="127.0.0.1:50051", metavar="HOST:PORT", help="gRPC HOST:PORT (default %(default)s)")
+    send.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{_port_from_env('PUBLISH_PORT', 8081)}",
+        metavar="URL",
+        help="HTTP shim base URL (default %(default)s, from PUBLISH_PORT when set)",
+    )
+    send.add_argument(
+        "--grpc-target",
+        default=f"127.0.0.1:{_port_from_env('PUBLISH_GRPC_PORT', 50051)}",
+        metavar="HOST:PORT",
+        help="gRPC HOST:PORT (default %(default)s, from PUBLISH_GRPC_PORT when set)",
+    )
     send.add_argument("--token", metavar="JWT", help="publisher token (default: minted from the configured or dev keys)")
     send.add_argument(
         "--interval-ms", type=_non_negative_int, default=100, metavar="MS", help="pause between demo messages (default 100)"
@@ -225,7 +235,12 @@ def _add_tail_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "reconnecting with Last-Event-ID when the connection drops.",
     )
     _add_ids(tail)
-    tail.add_argument("--url", default="http://127.0.0.1:8080", metavar="URL", help="gateway base URL (default %(default)s)")
+    tail.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{_port_from_env('GATEWAY_PORT', 8080)}",
+        metavar="URL",
+        help="gateway base URL (default %(default)s, from GATEWAY_PORT when set)",
+    )
     tail.add_argument("--token", metavar="JWT", help="subscriber token (default: minted from the configured or dev keys)")
     tail.add_argument("--last-event-id", metavar="ID", help="resume after this entry id")
     tail.add_argument(
@@ -374,6 +389,17 @@ def _uuid(raw: str) -> str:
     return str(value)
 
 
+def _port_from_env(name: str, default: int) -> int:
+    """Return the port in environment variable ``name`` when it is a decimal number, else ``default``.
+
+    ``send`` and ``tail`` reach the local servers on the ports that the same
+    variables give ``serve`` and ``dev``. A malformed value is left for
+    ``serve`` to report.
+    """
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and 0 < int(raw) < 65536 else default
+
+
 def _non_negative_int(raw: str) -> int:
     if UINT64_DIGITS.fullmatch(raw) is None:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {describe_value(raw)}")
@@ -381,10 +407,9 @@ def _non_negative_int(raw: str) -> int:
 
 
 def _positive_int(raw: str) -> int:
-    value = _non_negative_int(raw)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+    if UINT64_DIGITS.fullmatch(raw) is None or int(raw) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {describe_value(raw)}")
+    return int(raw)
 
 
 def _positive_float(raw: str) -> float:

@@ -45,6 +45,7 @@ def publisher_token(environ: Mapping[str, str], state_dir: Path, ttl_s: int) -> 
     """Mint a publisher token from PUBLISH_JWT_* when PUBLISH_JWT_SECRET is set, else from the dev keys."""
     secret = _get(environ, "PUBLISH_JWT_SECRET")
     if secret is None:
+        _reject_partial_keys(environ, "PUBLISH_JWT_SECRET", ("PUBLISH_JWT_ISSUER", "PUBLISH_JWT_AUDIENCE"))
         return load_dev_keys(state_dir).publisher_token(ttl_s=ttl_s)
     return mint_publisher_token(
         secret,
@@ -58,6 +59,7 @@ def subscriber_token(environ: Mapping[str, str], state_dir: Path, org_id: int, c
     """Mint a subscriber token from GATEWAY_JWT_PRIVATE_KEY and GATEWAY_JWT_* when set, else from the dev keys."""
     raw_key = _get(environ, "GATEWAY_JWT_PRIVATE_KEY")
     if raw_key is None:
+        _reject_partial_keys(environ, "GATEWAY_JWT_PRIVATE_KEY", ("GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE"))
         return load_dev_keys(state_dir).subscriber_token(org_id, channel_id, ttl_s=ttl_s)
     pem = read_pem(raw_key, "GATEWAY_JWT_PRIVATE_KEY")
     try:
@@ -147,6 +149,20 @@ async def run_tail(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         print(f"conduit tail: no END event within --timeout-s {args.timeout_s:g}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reject_partial_keys(environ: Mapping[str, str], key_name: str, claim_names: tuple[str, ...]) -> None:
+    """Raise ConfigError when a claim variable is set without its key.
+
+    A token minted from the dev keys then would carry the dev issuer and be
+    rejected by a server with the configured keys, as an invalid signature.
+    """
+    present = [name for name in claim_names if _get(environ, name) is not None]
+    if present:
+        raise ConfigError(
+            f"{' and '.join(present)} {'is' if len(present) == 1 else 'are'} set but {key_name} is not: set {key_name} too, "
+            "or unset them to mint from the dev keys"
+        )
 
 
 def _get(environ: Mapping[str, str], name: str) -> str | None:

@@ -169,7 +169,8 @@ class Subscriber:
 
             failures += 1
             if failures > self._max_reconnects:
-                raise SubscribeFailed("gave up", f"{reason} (after {self._max_reconnects} reconnects)")
+                attempts = "reconnect" if self._max_reconnects == 1 else "reconnects"
+                raise SubscribeFailed("gave up", f"{reason} from {self.url} (after {self._max_reconnects} {attempts})")
             self.reconnects += 1
             if parser.retry_ms is not None:
                 retry_s = parser.retry_ms / 1000

@@ -184,7 +184,30 @@ async def test_tail_gives_up_after_reconnects(state_dir: Path, dev_keys: object,
     err = capsys.readouterr().err
     assert status == 1
     assert err.startswith("conduit tail: subscribe failed: gave up: ConnectError")
-    assert "after 1 reconnects" in err
+    assert "after 1 reconnect)" in err
+
+
+async def test_send_tail_default_urls_follow_ports(
+    monkeypatch: pytest.MonkeyPatch, channel_id: str
+) -> None:
+    monkeypatch.setenv("PUBLISH_PORT", "18181")
+    monkeypatch.setenv("PUBLISH_GRPC_PORT", "15151")
+    monkeypatch.setenv("GATEWAY_PORT", "18180")
+
+    send = build_parser().parse_args(["send", "--org-id", "1", "--channel-id", channel_id, "--phase", "end"])
+    tail = build_parser().parse_args(["tail", "--org-id", "1", "--channel-id", channel_id])
+
+    assert send.url == "http://127.0.0.1:18181"
+    assert send.grpc_target == "127.0.0.1:15151"
+    assert tail.url == "http://127.0.0.1:18180"
+
+
+async def test_send_default_url_ignores_bad_port(monkeypatch: pytest.MonkeyPatch, channel_id: str) -> None:
+    monkeypatch.setenv("PUBLISH_PORT", "http")
+
+    send = build_parser().parse_args(["send", "--org-id", "1", "--channel-id", channel_id, "--phase", "end"])
+
+    assert send.url == "http://127.0.0.1:8081"
 
 
 @pytest.mark.parametrize(

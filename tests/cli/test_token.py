@@ -149,3 +149,43 @@ def test_token_subscribe_bad_ids_exit_2(
     assert captured.out == ""
     assert message in captured.err
     assert flag in captured.err
+
+
+def test_token_publish_claims_without_secret_exits_2(
+    monkeypatch: pytest.MonkeyPatch, dev_keys: DevKeys, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("PUBLISH_JWT_SECRET", raising=False)
+    monkeypatch.setenv("PUBLISH_JWT_ISSUER", "backend")
+    monkeypatch.setenv("PUBLISH_JWT_AUDIENCE", "conduit")
+
+    status = main(["token", "publish", "--state-dir", str(state_dir)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.out == ""
+    assert captured.err == (
+        "conduit token: PUBLISH_JWT_ISSUER and PUBLISH_JWT_AUDIENCE are set but PUBLISH_JWT_SECRET is not:"
+        " set PUBLISH_JWT_SECRET too, or unset them to mint from the dev keys\n"
+    )
+
+
+def test_token_subscribe_issuer_without_key_exits_2(
+    monkeypatch: pytest.MonkeyPatch, dev_keys: DevKeys, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GATEWAY_JWT_PRIVATE_KEY", raising=False)
+    monkeypatch.delenv("GATEWAY_JWT_AUDIENCE", raising=False)
+    monkeypatch.setenv("GATEWAY_JWT_ISSUER", "backend")
+
+    status = main(["token", "subscribe", "--org-id", "3", "--channel-id", CHANNEL_ID, "--state-dir", str(state_dir)])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "GATEWAY_JWT_ISSUER is set but GATEWAY_JWT_PRIVATE_KEY is not" in err
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "1.5"])
+def test_token_bad_ttl_names_value(ttl: str, state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["token", "publish", "--state-dir", str(state_dir), f"--ttl-s={ttl}"])
+
+    assert status == 2
+    assert f"--ttl-s: must be a positive integer, got '{ttl}'" in capsys.readouterr().err

@@ -93,7 +93,7 @@ async def test_subscriber_unreachable_gives_up_after_max_reconnects(channel_id: 
             [event async for event in subscriber]
 
     assert caught.value.status == "gave up"
-    assert "after 1 reconnects" in caught.value.message
+    assert "after 1 reconnect)" in caught.value.message
 
 
 async def test_subscriber_cancelled_in_the_middle_closes_its_stream(service: LocalService, channel_id: str) -> None:
