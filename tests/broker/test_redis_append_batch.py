@@ -208,3 +208,18 @@ async def test_redis_stopped_mid_batch_raises_unavailable(
     entry_id = await asyncio.wait_for(broker.append(streams[0], b"after restart", end=False), STEP_TIMEOUT_S)
     entries = await broker.read(streams[0], "0-0", count=10, block_ms=0)
     assert [(entry.id, entry.data) for entry in entries] == [(entry_id, b"after restart")]
+
+
+async def test_killed_batch_connection_reconnects(redis_backend: Backend, raw: redis.asyncio.Redis) -> None:
+    broker = redis_backend.make()
+    stream = new_stream()
+    await broker.append(stream, b"tracked", end=False)
+
+    # The batch task keeps its connection between batches, so this kills it while idle.
+    killed = await raw.client_kill_filter(_type="normal", skipme=True)
+    entry_id = await asyncio.wait_for(broker.append(stream, b"after kill", end=False), STEP_TIMEOUT_S)
+
+    assert killed >= 1
+    entries = await broker.read(stream, "0-0", count=10, block_ms=0)
+    assert (entries[-1].id, entries[-1].data) == (entry_id, b"after kill")
+    await broker.close()
