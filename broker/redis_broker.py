@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -31,7 +32,7 @@ from broker.cursors import ReadCursors
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
-from broker.redis_evalsha import run_evalsha_batch
+from broker.redis_evalsha import run_evalsha_batch_on
 from broker.redis_xread import EncodedStreams, data_field, entries_of_reply
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -56,6 +57,8 @@ deleting a stream, so any value is safe. One well below the cleanup idle time
 _MAX_RECENTLY_TRACKED = 65_536
 # Maximum appends per batch. A batch is one write and one read.
 _MAX_APPEND_BATCH = 64
+# How long the append batch task waits for the next append before it ends.
+_APPEND_TASK_IDLE_S = 10.0
 _SWEEP_BATCH_SIZE = 100
 _MAX_REPORTED_FOREIGN_ENTRIES = 1024
 _DELETED = 1
@@ -125,6 +128,8 @@ class RedisBroker(Broker):
         # is bounded by the number of appends in flight.
         self._pending_appends: list[_PendingAppend] = []
         self._append_batch_task: asyncio.Task[None] | None = None
+        # Set while the batch task waits for appends. An append resolves it to wake the task.
+        self._append_wakeup: asyncio.Future[None] | None = None
         # Deadlines of the reads in progress, which close() moves to now.
         self._read_deadlines: set[asyncio.Timeout] = set()
         self._reported_foreign_entries: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -374,21 +379,44 @@ class RedisBroker(Broker):
             return await script(keys=keys, args=args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending_appends.append((script, keys, args, future))
-        if self._append_batch_task is None:
+        wakeup = self._append_wakeup
+        if wakeup is not None:
+            # The task rechecks the list when it wakes, also when its idle timer resolved this first.
+            self._append_wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
+        elif self._append_batch_task is None:
             self._append_batch_task = asyncio.create_task(self._send_append_batches(), name="redis-append-batches")
         return await future
 
     async def _send_append_batches(self) -> None:
-        """Send the waiting appends in batches until none wait, then end."""
+        """Send the waiting appends in batches; between batches, wait up to ``_APPEND_TASK_IDLE_S`` for more.
+
+        The task outlives a batch because starting a task for every batch
+        costs a task and an event-loop pass, and under load most batches find
+        the list empty when their replies arrive. It keeps one pooled
+        connection from its first batch until it ends, after the idle time or
+        when close() cancels it.
+        """
+        loop = asyncio.get_running_loop()
+        pool = self._client.connection_pool
+        # Checked out at the first batch and kept until the task ends, so each batch skips a pool checkout.
+        connection: Connection | None = None
         batch: list[_PendingAppend] = []
         try:
-            while self._pending_appends:
+            while True:
+                if not self._pending_appends:
+                    await self._wait_for_appends(loop)
+                    if not self._pending_appends:
+                        return
                 batch = [item for item in self._pending_appends[:_MAX_APPEND_BATCH] if not item[3].done()]
                 del self._pending_appends[:_MAX_APPEND_BATCH]
                 if not batch:
                     continue
                 try:
-                    replies = await self._execute_appends(batch)
+                    if connection is None:
+                        connection = await pool.get_connection()
+                    replies = await self._execute_appends(connection, batch)
                 except Exception as error:
                     replies = [error] * len(batch)
                 for (_, _, _, future), reply in zip(batch, replies, strict=True):
@@ -401,22 +429,37 @@ class RedisBroker(Broker):
                 batch = []
         finally:
             self._append_batch_task = None
+            self._append_wakeup = None
             # Only close() cancels this task: every append still waiting fails.
             for _, _, _, future in [*batch, *self._pending_appends]:
                 if not future.done():
                     future.set_exception(broker_closed())
             self._pending_appends.clear()
+            if connection is not None:
+                await pool.release(connection)
 
-    async def _execute_appends(self, batch: list[_PendingAppend]) -> list[Any]:
+    async def _wait_for_appends(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until an append arrives or ``_APPEND_TASK_IDLE_S`` passes."""
+        wakeup: asyncio.Future[None] = loop.create_future()
+        self._append_wakeup = wakeup
+        timer = loop.call_later(_APPEND_TASK_IDLE_S, _resolve, wakeup)
+        try:
+            await wakeup
+        finally:
+            timer.cancel()
+            if self._append_wakeup is wakeup:
+                self._append_wakeup = None
+
+    async def _execute_appends(self, connection: Connection, batch: list[_PendingAppend]) -> list[Any]:
         """Run each item's script once in one batch; load the scripts and rerun the items that found theirs missing."""
-        replies = await run_evalsha_batch(self._client, [(script.sha, keys, args) for script, keys, args, _ in batch])
+        replies = await run_evalsha_batch_on(connection, [(script.sha, keys, args) for script, keys, args, _ in batch])
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # After a SCRIPT FLUSH or a restart of Redis. The reruns keep their relative order.
             for source in {batch[index][0].script for index in missing}:
                 await self._client.script_load(source)
-            reruns = await run_evalsha_batch(
-                self._client, [(batch[index][0].sha, batch[index][1], batch[index][2]) for index in missing]
+            reruns = await run_evalsha_batch_on(
+                connection, [(batch[index][0].sha, batch[index][1], batch[index][2]) for index in missing]
             )
             for index, reply in zip(missing, reruns, strict=True):
                 replies[index] = reply
@@ -569,3 +612,8 @@ class RedisBroker(Broker):
 async def _request(connection: Any, command: list[bytes]) -> Any:
     await connection.send_packed_command(command)
     return await connection.read_response()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

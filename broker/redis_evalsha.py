@@ -9,18 +9,20 @@ uvloop against a private redis-server, redis-py 8.2 with hiredis 3.5, 2-CPU VM).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 if HIREDIS_AVAILABLE:
     import hiredis
 
-__all__ = ["EvalshaCall", "run_evalsha_batch"]
+__all__ = ["EvalshaCall", "run_evalsha_batch", "run_evalsha_batch_on"]
 
 EvalshaCall = tuple[str, Sequence[str], Sequence[Any]]
 """One script call: its SHA1, its keys and its arguments (str, bytes or int)."""
@@ -41,17 +43,28 @@ async def run_evalsha_batch(client: Redis, calls: Sequence[EvalshaCall]) -> list
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
-        commands = [("EVALSHA", sha, len(keys), *keys, *args) for sha, keys, args in calls]
-        if _packs_like_redis_py(connection):
-            command = [b"".join(map(hiredis.pack_command, commands))]
-        else:
-            command = connection.pack_commands(commands)
-        return await connection.retry.call_with_retry(
-            lambda: _exchange(connection, command, len(calls)),
-            lambda _error: connection.disconnect(),
-        )
+        return await run_evalsha_batch_on(connection, calls)
     finally:
         await pool.release(connection)
+
+
+async def run_evalsha_batch_on(connection: Connection, calls: Sequence[EvalshaCall]) -> list[Any]:
+    """Run ``run_evalsha_batch``'s exchange on ``connection``, which the caller has checked out and owns.
+
+    A checkout and release of a ``BlockingConnectionPool`` connection cost
+    about 14 µs (redis-py 8.2 on uvloop, 2-CPU VM), so a caller that sends
+    batch after batch keeps one connection. The connection reconnects on
+    the next send after a failure disconnected it.
+    """
+    commands = [("EVALSHA", sha, len(keys), *keys, *args) for sha, keys, args in calls]
+    if _packs_like_redis_py(connection):
+        command = [b"".join(map(hiredis.pack_command, commands))]
+    else:
+        command = connection.pack_commands(commands)
+    return await connection.retry.call_with_retry(
+        lambda: _exchange(connection, command, len(calls)),
+        lambda _error: connection.disconnect(),
+    )
 
 
 def _packs_like_redis_py(connection: Connection) -> bool:
@@ -68,17 +81,31 @@ def _packs_like_redis_py(connection: Connection) -> bool:
 
 
 async def _exchange(connection: Connection, command: list[bytes], reply_count: int) -> list[Any]:
-    await connection.send_packed_command(command)
+    """Send ``command`` and read ``reply_count`` replies within one ``socket_timeout`` for the whole exchange.
+
+    redis-py applies ``socket_timeout`` to the send through ``asyncio.wait_for``
+    and to every reply through its own timeout, about 5.9 µs and 4.1 µs each
+    on Python 3.11 with uvloop (2-CPU VM). So the connection's timeout is
+    lifted for the exchange and one deadline covers it instead.
+    """
+    timeout_s = connection.socket_timeout
+    connection.socket_timeout = None
     replies: list[Any] = []
     try:
-        for _ in range(reply_count):
-            try:
-                replies.append(await connection.read_response())
-            except ResponseError as error:
-                replies.append(error)
-    except BaseException:
+        async with asyncio.timeout(timeout_s):
+            await connection.send_packed_command(command)
+            for _ in range(reply_count):
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    replies.append(error)
+    except BaseException as error:
         # read_response already disconnects on its own failures. This covers
         # the rest, so the replies still on the socket are dropped with it.
         await connection.disconnect(nowait=True)
+        if isinstance(error, TimeoutError):
+            raise RedisTimeoutError(f"EVALSHA batch of {reply_count} timed out after {timeout_s} s") from error
         raise
+    finally:
+        connection.socket_timeout = timeout_s
     return replies

@@ -15,7 +15,10 @@ import pytest
 import redis.asyncio
 from redis.asyncio import BlockingConnectionPool
 from redis.connection import PythonRespSerializer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from broker.base import Broker, NewEntry
@@ -208,3 +211,39 @@ async def test_redis_stopped_mid_batch_raises_unavailable(
     entry_id = await asyncio.wait_for(broker.append(streams[0], b"after restart", end=False), STEP_TIMEOUT_S)
     entries = await broker.read(streams[0], "0-0", count=10, block_ms=0)
     assert [(entry.id, entry.data) for entry in entries] == [(entry_id, b"after restart")]
+
+
+async def test_killed_batch_connection_reconnects(redis_backend: Backend, raw: redis.asyncio.Redis) -> None:
+    broker = redis_backend.make()
+    stream = new_stream()
+    await broker.append(stream, b"tracked", end=False)
+
+    # The batch task keeps its connection between batches, so this kills it while idle.
+    killed = await raw.client_kill_filter(_type="normal", skipme=True)
+    entry_id = await asyncio.wait_for(broker.append(stream, b"after kill", end=False), STEP_TIMEOUT_S)
+
+    assert killed >= 1
+    entries = await broker.read(stream, "0-0", count=10, block_ms=0)
+    assert (entries[-1].id, entries[-1].data) == (entry_id, b"after kill")
+    await broker.close()
+
+
+async def test_batch_timeout_raises_and_restores(redis_url: str, raw: redis.asyncio.Redis) -> None:
+    pool = BlockingConnectionPool.from_url(
+        redis_url, max_connections=1, timeout=STEP_TIMEOUT_S, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    client = redis.asyncio.Redis.from_pool(pool)
+    try:
+        sha = await client.script_load(ECHO_SCRIPT)
+        await raw.client_pause(PAUSE_MS, all=False)
+        with pytest.raises(RedisTimeoutError, match="EVALSHA batch of 2 timed out"):
+            await asyncio.wait_for(run_evalsha_batch(client, [(sha, [], ["stale 1"]), (sha, [], ["stale 2"])]), STEP_TIMEOUT_S)
+        await raw.client_unpause()
+
+        # The exchange lifts the connection's socket_timeout while it runs and must put it back.
+        connection = await pool.get_connection()
+        assert connection.socket_timeout == 0.2
+        await pool.release(connection)
+        assert await asyncio.wait_for(run_evalsha_batch(client, [(sha, [], ["fresh"])]), STEP_TIMEOUT_S) == [b"fresh"]
+    finally:
+        await client.aclose()
