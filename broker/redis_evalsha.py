@@ -9,14 +9,12 @@ uvloop against a private redis-server, redis-py 8.2 with hiredis 3.5, 2-CPU VM).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 if HIREDIS_AVAILABLE:
@@ -81,31 +79,17 @@ def _packs_like_redis_py(connection: Connection) -> bool:
 
 
 async def _exchange(connection: Connection, command: list[bytes], reply_count: int) -> list[Any]:
-    """Send ``command`` and read ``reply_count`` replies within one ``socket_timeout`` for the whole exchange.
-
-    redis-py applies ``socket_timeout`` to the send through ``asyncio.wait_for``
-    and to every reply through its own timeout, about 5.9 µs and 4.1 µs each
-    on Python 3.11 with uvloop (2-CPU VM). So the connection's timeout is
-    lifted for the exchange and one deadline covers it instead.
-    """
-    timeout_s = connection.socket_timeout
-    connection.socket_timeout = None
+    await connection.send_packed_command(command)
     replies: list[Any] = []
     try:
-        async with asyncio.timeout(timeout_s):
-            await connection.send_packed_command(command)
-            for _ in range(reply_count):
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as error:
-                    replies.append(error)
-    except BaseException as error:
+        for _ in range(reply_count):
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as error:
+                replies.append(error)
+    except BaseException:
         # read_response already disconnects on its own failures. This covers
         # the rest, so the replies still on the socket are dropped with it.
         await connection.disconnect(nowait=True)
-        if isinstance(error, TimeoutError):
-            raise RedisTimeoutError(f"EVALSHA batch of {reply_count} timed out after {timeout_s} s") from error
         raise
-    finally:
-        connection.socket_timeout = timeout_s
     return replies

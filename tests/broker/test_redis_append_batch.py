@@ -15,10 +15,7 @@ import pytest
 import redis.asyncio
 from redis.asyncio import BlockingConnectionPool
 from redis.connection import PythonRespSerializer
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from broker.base import Broker, NewEntry
@@ -226,24 +223,3 @@ async def test_killed_batch_connection_reconnects(redis_backend: Backend, raw: r
     entries = await broker.read(stream, "0-0", count=10, block_ms=0)
     assert (entries[-1].id, entries[-1].data) == (entry_id, b"after kill")
     await broker.close()
-
-
-async def test_batch_timeout_raises_and_restores(redis_url: str, raw: redis.asyncio.Redis) -> None:
-    pool = BlockingConnectionPool.from_url(
-        redis_url, max_connections=1, timeout=STEP_TIMEOUT_S, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
-    )
-    client = redis.asyncio.Redis.from_pool(pool)
-    try:
-        sha = await client.script_load(ECHO_SCRIPT)
-        await raw.client_pause(PAUSE_MS, all=False)
-        with pytest.raises(RedisTimeoutError, match="EVALSHA batch of 2 timed out"):
-            await asyncio.wait_for(run_evalsha_batch(client, [(sha, [], ["stale 1"]), (sha, [], ["stale 2"])]), STEP_TIMEOUT_S)
-        await raw.client_unpause()
-
-        # The exchange lifts the connection's socket_timeout while it runs and must put it back.
-        connection = await pool.get_connection()
-        assert connection.socket_timeout == 0.2
-        await pool.release(connection)
-        assert await asyncio.wait_for(run_evalsha_batch(client, [(sha, [], ["fresh"])]), STEP_TIMEOUT_S) == [b"fresh"]
-    finally:
-        await client.aclose()
