@@ -15,42 +15,32 @@ serves ``/metrics`` on its event loop.
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, metrics
+from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+
+from conduit.plain_metrics import DURATION_BUCKETS, DurationHistogram, add_histogram_samples, created_series_enabled
 
 __all__ = ["DURATION_BUCKETS", "PUBLISH_METRICS", "PublishMetrics", "PublishSeries"]
-
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-"""Upper bounds of the publish duration histogram in seconds; ``+Inf`` follows them."""
-
-_BUCKET_LABELS = [*(floatToGoString(bound) for bound in DURATION_BUCKETS), "+Inf"]
 
 
 class PublishSeries:
     """The in-flight count, duration histogram and outcome counts of one front door."""
 
-    __slots__ = ("bucket_counts", "created", "duration_sum", "in_flight", "outcome_counts", "outcome_created")
+    __slots__ = ("duration", "in_flight", "outcome_counts", "outcome_created")
 
     def __init__(self) -> None:
         self.in_flight = 0
-        # Observations per bucket, not cumulative. The last bucket is +Inf.
-        self.bucket_counts = [0] * (len(DURATION_BUCKETS) + 1)
-        self.duration_sum = 0.0
-        self.created = time.time()
+        self.duration = DurationHistogram()
         self.outcome_counts: dict[str, int] = {}
         self.outcome_created: dict[str, float] = {}
 
     def observe(self, duration_s: float, outcome: str) -> None:
-        """Record one answered publish: its duration and its outcome."""
+        """Record one finished publish: its duration and its outcome."""
         self.in_flight -= 1
-        # A bucket counts the values up to and including its bound, as in prometheus_client.
-        self.bucket_counts[bisect_left(DURATION_BUCKETS, duration_s)] += 1
-        self.duration_sum += duration_s
+        self.duration.observe(duration_s)
         counts = self.outcome_counts
         if outcome in counts:
             counts[outcome] += 1
@@ -78,8 +68,7 @@ class PublishMetrics(Collector):
         return series
 
     def collect(self) -> Iterator[Metric]:
-        # prometheus_client keeps its PROMETHEUS_DISABLE_CREATED_SERIES switch in this private flag.
-        with_created = getattr(metrics, "_use_created", True)
+        with_created = created_series_enabled()
         requests = Metric("conduit_publish_requests", "Publish requests answered, by front door and outcome.", "counter")
         duration = Metric(
             "conduit_publish_duration_seconds",
@@ -96,14 +85,7 @@ class PublishMetrics(Collector):
                     requests.add_sample("conduit_publish_requests_created", labels, series.outcome_created[outcome])
 
             door = {"front_door": front_door}
-            cumulative = 0.0
-            for bound, count in zip(_BUCKET_LABELS, series.bucket_counts, strict=True):
-                cumulative += count
-                duration.add_sample("conduit_publish_duration_seconds_bucket", {**door, "le": bound}, cumulative)
-            duration.add_sample("conduit_publish_duration_seconds_count", door, cumulative)
-            duration.add_sample("conduit_publish_duration_seconds_sum", door, series.duration_sum)
-            if with_created:
-                duration.add_sample("conduit_publish_duration_seconds_created", door, series.created)
+            add_histogram_samples(duration, door, series.duration, with_created=with_created)
 
             in_flight.add_sample("conduit_publish_in_flight", door, float(series.in_flight))
         yield requests
