@@ -101,6 +101,7 @@ def load_settings(
     """
     env = _Env(environ if environ is not None else os.environ, overrides or {})
     is_dev = role == "dev"
+    env.check_required(_REQUIRED_BY_ROLE.get(role, ()))
 
     broker = BrokerSettings(
         redis_url=env.url("REDIS_URL", required=not is_dev),
@@ -162,6 +163,14 @@ def read_pem(value: str, name: str) -> str:
     return value.replace("\\n", "\n")
 
 
+_REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
+    "publish": ("REDIS_URL", "PUBLISH_JWT_SECRET", "PUBLISH_JWT_ISSUER", "PUBLISH_JWT_AUDIENCE"),
+    "gateway": ("REDIS_URL", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE"),
+    "cleanup": ("REDIS_URL",),
+}
+"""Variables each ``serve`` role cannot start without, checked together so one run names them all."""
+
+
 class _Env:
     """Typed reads of one environment mapping, with flag overrides on top."""
 
@@ -174,6 +183,14 @@ class _Env:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def check_required(self, names: tuple[str, ...]) -> None:
+        """Raise one ConfigError that names every variable of ``names`` that is not set."""
+        missing = [name for name in names if self.get(name) is None]
+        if len(missing) == 1:
+            raise ConfigError(f"{missing[0]} is required but not set")
+        if missing:
+            raise ConfigError(f"{', '.join(missing[:-1])} and {missing[-1]} are required but not set")
 
     def required(self, name: str) -> str:
         value = self.get(name)

@@ -157,7 +157,10 @@ def test_serve_missing_variable_subprocess_one_line() -> None:
 
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr == "conduit serve: REDIS_URL is required but not set\n"
+    assert result.stderr == (
+        "conduit serve: REDIS_URL, GATEWAY_JWT_PUBLIC_KEY, GATEWAY_JWT_ISSUER and GATEWAY_JWT_AUDIENCE"
+        " are required but not set\n"
+    )
 
 
 class _Running:
