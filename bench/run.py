@@ -115,23 +115,14 @@ def scenario_publish(kind: str, target: Target, pids: list[int], redis: RedisSer
     }[kind]
     if kind == "grpc_stream":
         per_process = max(1, sizes.grpc_streams // sizes.load_processes)
-    rates, cpu_us, redis_us, failures = [], [], [], 0
+    tally = _PublishTally()
     for _ in range(sizes.publish_repeats):
         args = [(target, per_process, sizes.publish_s, channels)] * sizes.load_processes
         with cpu_meter(pids, redis.process.pid) as cpu:
             counts = loadgen.run_in_processes(function, args, timeout_s=sizes.publish_s + 60)
-        ok = sum(c["ok"] for c in counts)
-        failures += sum(c["failed"] for c in counts)
-        rates.append(ok / sizes.publish_s)
-        cpu_us.append(cpu["cpu_s"] / ok * 1e6 if ok else None)
-        redis_us.append(cpu["redis_cpu_s"] / ok * 1e6 if ok else None)
+        tally.add(sum(c["ok"] for c in counts), sum(c["failed"] for c in counts), cpu, sizes.publish_s)
         redis.cli("FLUSHALL")
-    return {
-        "publishes_per_s": summary(rates),
-        "server_cpu_us_per_publish": summary(cpu_us),
-        "redis_cpu_us_per_publish": summary(redis_us),
-        "failed": failures,
-    }
+    return tally.result()
 
 
 def scenario_publish_h2load(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
@@ -141,7 +132,7 @@ def scenario_publish_h2load(kind: str, target: Target, pids: list[int], redis: R
     body, and so the same message_id, in every request.
     """
     channels = [str(uuid.uuid4()) for _ in range(64)]
-    rates, cpu_us, redis_us, failures = [], [], [], 0
+    tally = _PublishTally()
     for _ in range(sizes.publish_repeats):
         with cpu_meter(pids, redis.process.pid) as cpu:
             if kind == "grpc_stream":
@@ -155,23 +146,40 @@ def scenario_publish_h2load(kind: str, target: Target, pids: list[int], redis: R
                     target.h2load_http_body(), seconds=sizes.publish_s, connections=sizes.publish_connections,
                     headers=target.h2load_http_headers(),
                 )
-        ok = result.messages
+        ok, failed = result.messages, 0
         if kind == "grpc_stream":
             # h2load checks only the HTTP status, so the entries Redis added bound the count.
             stored = h2load.stored_entries(redis, channels, org_id=1)
             if stored < ok:
-                failures += ok - stored
-                ok = stored
-        rates.append(ok / sizes.publish_s)
-        cpu_us.append(cpu["cpu_s"] / ok * 1e6 if ok else None)
-        redis_us.append(cpu["redis_cpu_s"] / ok * 1e6 if ok else None)
+                failed, ok = ok - stored, stored
+        tally.add(ok, failed, cpu, sizes.publish_s)
         redis.cli("FLUSHALL")
-    return {
-        "publishes_per_s": summary(rates),
-        "server_cpu_us_per_publish": summary(cpu_us),
-        "redis_cpu_us_per_publish": summary(redis_us),
-        "failed": failures,
-    }
+    return tally.result()
+
+
+class _PublishTally:
+    """The rate and CPU per publish of each repeat of a publish scenario, and the failed publishes."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+        self.cpu_us: list[float | None] = []
+        self.redis_us: list[float | None] = []
+        self.failures = 0
+
+    def add(self, ok: int, failed: int, cpu: dict[str, float], seconds: float) -> None:
+        """Record one repeat: ``ok`` publishes in ``seconds`` with the CPU that ``cpu_meter`` measured."""
+        self.failures += failed
+        self.rates.append(ok / seconds)
+        self.cpu_us.append(cpu["cpu_s"] / ok * 1e6 if ok else None)
+        self.redis_us.append(cpu["redis_cpu_s"] / ok * 1e6 if ok else None)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "publishes_per_s": summary(self.rates),
+            "server_cpu_us_per_publish": summary(self.cpu_us),
+            "redis_cpu_us_per_publish": summary(self.redis_us),
+            "failed": self.failures,
+        }
 
 
 async def _publish_markers(target: Target, plan: list[tuple[int, str]], interval_s: float, connections: int) -> dict[int, float]:
