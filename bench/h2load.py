@@ -18,16 +18,14 @@ can, check what the server stored.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import HOST, RedisServer
+from bench.procs import HOST, RedisServer, apt_install
 
 __all__ = ["H2loadResult", "ensure_h2load_installed", "grpc_frames", "run_http_load", "run_stream_load", "stored_entries"]
 
@@ -48,14 +46,7 @@ def ensure_h2load_installed() -> bool:
     """Install Debian's nghttp2-client with apt-get when h2load is missing; return whether it is there."""
     if shutil.which("h2load"):
         return True
-    command = ["apt-get", "install", "-y", "-q", "nghttp2-client"]
-    if os.geteuid() != 0:
-        command.insert(0, "sudo")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("installing nghttp2-client (h2load) with apt-get", file=sys.stderr, flush=True)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        print(f"apt-get failed ({result.returncode}); the h2load rows are skipped:\n{result.stderr[-2000:]}", file=sys.stderr)
+    apt_install(["nghttp2-client"], "the h2load rows are")
     return bool(shutil.which("h2load"))
 
 

@@ -145,18 +145,26 @@ class RedisServer:
         raise RuntimeError(f"INFO clients has no {name}")
 
 
+def apt_install(packages: list[str], what: str) -> None:
+    """Install Debian ``packages`` with apt-get (through sudo unless root); print why when it fails.
+
+    ``what`` names what the runner skips without them, for the failure message.
+    """
+    command = ["apt-get", "install", "-y", "-q", *packages]
+    if os.geteuid() != 0:
+        command.insert(0, "sudo")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"installing {' '.join(packages)} with apt-get", file=sys.stderr, flush=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        print(f"apt-get failed ({result.returncode}); {what} skipped:\n{result.stderr[-2000:]}", file=sys.stderr)
+
+
 def ensure_nchan_installed() -> bool:
     """Install Debian's nginx and Nchan module with apt-get when missing; return whether they are there."""
     if shutil.which("nginx") and NCHAN_MODULE.exists():
         return True
-    command = ["apt-get", "install", "-y", "-q", "nginx-light", "libnginx-mod-nchan"]
-    if os.geteuid() != 0:
-        command.insert(0, "sudo")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("installing nginx and libnginx-mod-nchan with apt-get", file=sys.stderr, flush=True)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
-    if result.returncode != 0:
-        print(f"apt-get failed ({result.returncode}); Nchan is skipped:\n{result.stderr[-2000:]}", file=sys.stderr)
+    apt_install(["nginx-light", "libnginx-mod-nchan"], "Nchan is")
     return bool(shutil.which("nginx")) and NCHAN_MODULE.exists()
 
 
