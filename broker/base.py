@@ -8,6 +8,7 @@ suite in tests/broker runs against both.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -94,6 +95,19 @@ class Broker(abc.ABC):
         Raises BrokerUnavailable as ``append`` does, and then the entries
         may or may not be stored.
         """
+
+    def append_nowait(self, stream: str, data: bytes, *, message_id: str | None = None) -> asyncio.Future[str] | None:
+        """Start appending a non-END entry without awaiting, and return a future of its entry id or None.
+
+        The future resolves as ``await append(stream, data, end=False,
+        message_id=message_id)`` would and raises what it would raise. It
+        saves a coroutine and a task per publish on the hot path. None means
+        that this broker cannot start the append in one step this time,
+        because the stream needs tracking first or the broker sends each
+        command on its own, so the caller awaits ``append`` instead. The
+        default returns None. Raises BrokerUnavailable at once after ``close()``.
+        """
+        return None
 
     @abc.abstractmethod
     async def read(self, stream: str, after_id: str, *, count: int, block_ms: int) -> list[Entry]:

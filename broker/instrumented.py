@@ -9,6 +9,8 @@ in ``broker/broker_metrics.py``, which hands them to prometheus_client at scrape
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import Awaitable, Mapping, Sequence
 from time import perf_counter
 from typing import TypeVar
@@ -50,6 +52,18 @@ class InstrumentedBroker(Broker):
             raise
         finally:
             self._append_duration.observe(perf_counter() - started)
+
+    def append_nowait(self, stream: str, data: bytes, *, message_id: str | None = None) -> asyncio.Future[str] | None:
+        future = self.inner.append_nowait(stream, data, message_id=message_id)
+        if future is not None:
+            future.add_done_callback(functools.partial(self._record_append, perf_counter()))
+        return future
+
+    def _record_append(self, started: float, future: asyncio.Future[str]) -> None:
+        # The duration ends when the loop runs this callback, a loop pass after the reply at most.
+        self._append_duration.observe(perf_counter() - started)
+        if not future.cancelled() and isinstance(future.exception(), BrokerUnavailable):
+            self._append_errors.count += 1
 
     async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
         return await self._timed("append_many", self.inner.append_many(stream, entries))

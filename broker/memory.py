@@ -98,6 +98,16 @@ class MemoryBroker(Broker):
         self._check_open()
         return self._append_now(stream, data, end=end, message_id=message_id)
 
+    def append_nowait(self, stream: str, data: bytes, *, message_id: str | None = None) -> asyncio.Future[str]:
+        """Append at once and return the outcome as a done future: every append here is one step."""
+        self._check_open()
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self._append_now(stream, data, end=False, message_id=message_id))
+        except RateLimited as error:
+            future.set_exception(error)
+        return future
+
     async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
         self._check_open()
         if not entries:

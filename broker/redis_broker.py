@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -32,7 +33,7 @@ from broker.cursors import ReadCursors
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
-from broker.redis_evalsha import run_evalsha_batch_on
+from broker.redis_evalsha import batch_connection, run_evalsha_batch_on
 from broker.redis_xread import EncodedStreams, data_field, entries_of_reply
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -82,8 +83,11 @@ _UNTRACK_IF_IDLE_SCRIPT = _load_script("untrack_if_idle.lua")
 _INFO_SCRIPT = _load_script("info.lua")
 
 
-_PendingAppend = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]"]
-"""An append waiting for the batch task: its script, keys, args and the caller's future."""
+_Settle = Callable[["asyncio.Future[Any]", Any], None]
+"""Turns a script's reply, or the exception that stands for it, into the outcome of the caller's future."""
+
+_PendingAppend = tuple[AsyncScript, list[str], list[Any], "asyncio.Future[Any]", _Settle]
+"""An append waiting for the batch task: its script, keys, args, the caller's future and how to settle it."""
 
 
 class RedisBroker(Broker):
@@ -128,6 +132,8 @@ class RedisBroker(Broker):
         # is bounded by the number of appends in flight.
         self._pending_appends: list[_PendingAppend] = []
         self._append_batch_task: asyncio.Task[None] | None = None
+        # Full appends that append_nowait handed over after finding its stream gone; close() cancels them.
+        self._retracking_tasks: set[asyncio.Task[str]] = set()
         # Set while the batch task waits for appends. An append resolves it to wake the task.
         self._append_wakeup: asyncio.Future[None] | None = None
         # Deadlines of the reads in progress, which close() moves to now.
@@ -148,18 +154,7 @@ class RedisBroker(Broker):
         busy stream's publish is one round trip.
         """
         self._check_open()
-        keys = [stream, rate_limit_key(stream)]
-        if message_id is not None and self._settings.dedup_window_s > 0:
-            keys.append(dedup_key(stream, message_id))
-        args = [
-            data,
-            self._settings.max_stream_len,
-            self._settings.rate_limit,
-            self._settings.rate_window_s * 1000,
-            1 if end else 0,
-            self._settings.stream_ttl_s,
-            self._settings.dedup_window_s * 1000,
-        ]
+        keys, args = self._append_arguments(stream, data, end=end, message_id=message_id)
 
         with redis_errors_as_unavailable("append"):
             tracked_at = self._tracked_at.get(stream)
@@ -181,6 +176,70 @@ class RedisBroker(Broker):
             self._tracked_at.pop(stream, None)
             await self._untrack_ended(stream, entry_id)
         return entry_id
+
+    def append_nowait(self, stream: str, data: bytes, *, message_id: str | None = None) -> asyncio.Future[str] | None:
+        """Queue append.lua in the next batch when this process tracked ``stream`` recently; else return None.
+
+        On Redis Cluster every append is its own call, so this returns None
+        there. The future waits at most as long as the batch exchanges ahead
+        of it, each bounded by the client's socket timeout. If the stream
+        vanished since it was tracked, a task runs the whole ``append``, which
+        tracks it again, and the future takes that task's outcome.
+        """
+        self._check_open()
+        if not self._batching:
+            return None
+        tracked_at = self._tracked_at.get(stream)
+        if tracked_at is None or time.monotonic() - tracked_at >= self._tracking_refresh_s:
+            return None
+        keys, args = self._append_arguments(stream, data, end=False, message_id=message_id)
+        args.append(1)
+        settle = functools.partial(self._settle_nowait, stream, data, message_id)
+        return self._queue_append(self._append_script, keys, args, settle)
+
+    def _settle_nowait(
+        self, stream: str, data: bytes, message_id: str | None, entry_id: asyncio.Future[str], reply: Any
+    ) -> None:
+        """Resolve ``append_nowait``'s future from the reply of its batched append.lua, or from the batch's error."""
+        if isinstance(reply, Exception):
+            try:
+                with redis_errors_as_unavailable("append"):
+                    raise reply
+            except Exception as error:
+                # BrokerUnavailable, from the mapping above or from close().
+                entry_id.set_exception(error)
+            return
+        outcome, value = reply
+        if outcome == _RATE_LIMITED:
+            entry_id.set_exception(
+                rate_limited(stream, self._settings.rate_limit, self._settings.rate_window_s, value / 1000)
+            )
+        elif outcome == _NOT_TRACKED:
+            task = asyncio.create_task(self.append(stream, data, end=False, message_id=message_id))
+            self._retracking_tasks.add(task)
+            task.add_done_callback(functools.partial(_copy_outcome, entry_id))
+            task.add_done_callback(self._retracking_tasks.discard)
+        else:
+            entry_id.set_result(value.decode())
+
+    def _append_arguments(
+        self, stream: str, data: bytes, *, end: bool, message_id: str | None
+    ) -> tuple[list[str], list[Any]]:
+        """Return append.lua's keys and its arguments up to, not including, the skip-tracking flag."""
+        settings = self._settings
+        keys = [stream, rate_limit_key(stream)]
+        if message_id is not None and settings.dedup_window_s > 0:
+            keys.append(dedup_key(stream, message_id))
+        args = [
+            data,
+            settings.max_stream_len,
+            settings.rate_limit,
+            settings.rate_window_s * 1000,
+            1 if end else 0,
+            settings.stream_ttl_s,
+            settings.dedup_window_s * 1000,
+        ]
+        return keys, args
 
     async def append_many(self, stream: str, entries: Sequence[NewEntry]) -> AppendManyResult:
         """Append per the Broker contract: track the stream as ``append`` does, then run append_many.lua once."""
@@ -352,6 +411,8 @@ class RedisBroker(Broker):
         if self._closed:
             return
         self._closed = True
+        for task in list(self._retracking_tasks):
+            task.cancel()
         if self._append_batch_task is not None:
             self._append_batch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -377,8 +438,14 @@ class RedisBroker(Broker):
         """
         if not self._batching:
             return await script(keys=keys, args=args)
+        return await self._queue_append(script, keys, args, _settle_raw)
+
+    def _queue_append(
+        self, script: AsyncScript, keys: list[str], args: list[Any], settle: _Settle
+    ) -> asyncio.Future[Any]:
+        """Add one script call to the next batch and return its future, which ``settle`` resolves; start the batch task if needed."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending_appends.append((script, keys, args, future))
+        self._pending_appends.append((script, keys, args, future, settle))
         wakeup = self._append_wakeup
         if wakeup is not None:
             # The task rechecks the list when it wakes, also when its idle timer resolved this first.
@@ -387,21 +454,21 @@ class RedisBroker(Broker):
                 wakeup.set_result(None)
         elif self._append_batch_task is None:
             self._append_batch_task = asyncio.create_task(self._send_append_batches(), name="redis-append-batches")
-        return await future
+        return future
 
     async def _send_append_batches(self) -> None:
         """Send the waiting appends in batches; between batches, wait up to ``_APPEND_TASK_IDLE_S`` for more.
 
         The task outlives a batch because starting a task for every batch
         costs a task and an event-loop pass, and under load most batches find
-        the list empty when their replies arrive. It keeps one pooled
-        connection from its first batch until it ends, after the idle time or
-        when close() cancels it.
+        the list empty when their replies arrive. It keeps one connection of
+        its own (``batch_connection``) from its first batch until it ends,
+        after the idle time or when close() cancels it.
         """
         loop = asyncio.get_running_loop()
-        pool = self._client.connection_pool
-        # Checked out at the first batch and kept until the task ends, so each batch skips a pool checkout.
+        # Made at the first batch and kept until the task ends, so each batch skips a pool checkout.
         connection: Connection | None = None
+        timeout_s: float | None = None
         batch: list[_PendingAppend] = []
         try:
             while True:
@@ -415,28 +482,29 @@ class RedisBroker(Broker):
                     continue
                 try:
                     if connection is None:
-                        connection = await pool.get_connection()
-                    replies = await self._execute_appends(connection, batch)
+                        connection, timeout_s = batch_connection(self._client)
+                    replies = await self._execute_appends(connection, batch, timeout_s)
                 except Exception as error:
                     replies = [error] * len(batch)
-                for (_, _, _, future), reply in zip(batch, replies, strict=True):
+                for (_, _, _, future, settle), reply in zip(batch, replies, strict=True):
                     if future.done():
                         continue
-                    if isinstance(reply, Exception):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
+                    try:
+                        settle(future, reply)
+                    except Exception as error:
+                        # A reply of an unexpected shape fails its own append, not the batch task.
+                        future.set_exception(error)
                 batch = []
         finally:
             self._append_batch_task = None
             self._append_wakeup = None
             # Only close() cancels this task: every append still waiting fails.
-            for _, _, _, future in [*batch, *self._pending_appends]:
+            for _, _, _, future, _ in [*batch, *self._pending_appends]:
                 if not future.done():
                     future.set_exception(broker_closed())
             self._pending_appends.clear()
             if connection is not None:
-                await pool.release(connection)
+                await connection.disconnect()
 
     async def _wait_for_appends(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait until an append arrives or ``_APPEND_TASK_IDLE_S`` passes."""
@@ -450,16 +518,21 @@ class RedisBroker(Broker):
             if self._append_wakeup is wakeup:
                 self._append_wakeup = None
 
-    async def _execute_appends(self, connection: Connection, batch: list[_PendingAppend]) -> list[Any]:
+    async def _execute_appends(
+        self, connection: Connection, batch: list[_PendingAppend], timeout_s: float | None
+    ) -> list[Any]:
         """Run each item's script once in one batch; load the scripts and rerun the items that found theirs missing."""
-        replies = await run_evalsha_batch_on(connection, [(script.sha, keys, args) for script, keys, args, _ in batch])
+        calls = [(script.sha, keys, args) for script, keys, args, _, _ in batch]
+        replies = await run_evalsha_batch_on(connection, calls, timeout_s=timeout_s)
         missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:
             # After a SCRIPT FLUSH or a restart of Redis. The reruns keep their relative order.
             for source in {batch[index][0].script for index in missing}:
                 await self._client.script_load(source)
             reruns = await run_evalsha_batch_on(
-                connection, [(batch[index][0].sha, batch[index][1], batch[index][2]) for index in missing]
+                connection,
+                [(batch[index][0].sha, batch[index][1], batch[index][2]) for index in missing],
+                timeout_s=timeout_s,
             )
             for index, reply in zip(missing, reruns, strict=True):
                 replies[index] = reply
@@ -612,6 +685,24 @@ class RedisBroker(Broker):
 async def _request(connection: Any, command: list[bytes]) -> Any:
     await connection.send_packed_command(command)
     return await connection.read_response()
+
+
+def _copy_outcome(target: asyncio.Future[str], source: asyncio.Task[str]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.set_exception(broker_closed())
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(source.result())
+
+
+def _settle_raw(future: asyncio.Future[Any], reply: Any) -> None:
+    if isinstance(reply, Exception):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

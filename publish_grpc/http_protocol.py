@@ -14,8 +14,10 @@ HTTP version (505) not supported. Last, it closes when the server is stopping.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 import httptools
@@ -23,7 +25,7 @@ from litestar.types import ASGIApp
 
 from publish_grpc.http_bridge import call_asgi
 from publish_grpc.http_head import MALFORMED_MESSAGE, route_head
-from publish_grpc.http_publish import serve_publish
+from publish_grpc.http_publish import PublishResponse, serve_publish, start_publish
 from publish_grpc.http_request import HttpRequest, encode_response
 from publish_grpc.publisher import Publisher
 
@@ -107,6 +109,10 @@ class PublishHttpProtocol(asyncio.Protocol):
 
         self._active: HttpRequest | None = None
         self._active_started = False
+        # Set while the parser runs on a read. A publish whose head completes then waits for
+        # the end of that read, so that a body in the same read lets it start without a task.
+        self._feeding = False
+        self._publish_deferred = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._waiting: deque[HttpRequest] = deque()
         self._write_paused = False
@@ -145,6 +151,7 @@ class PublishHttpProtocol(asyncio.Protocol):
         callbacks_before = self._callbacks
         heads_before = self._heads_completed
         self._chunk_body_bytes = 0
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -172,6 +179,13 @@ class PublishHttpProtocol(asyncio.Protocol):
                 reason = "HTTP/2 is not supported: send HTTP/1.1 or HTTP/1.0"
             self._fail(400, f"{MALFORMED_MESSAGE}: {reason}", reason)
             return
+        finally:
+            self._feeding = False
+            if self._publish_deferred:
+                # The publish's body did not end in this read, so it starts now and waits for the rest.
+                self._publish_deferred = False
+                if self._active is not None and not self._active_started:
+                    self._start_active()
 
         # A head still open counts the bytes of this chunk that were not body,
         # so that a field that never ends cannot grow without bound.
@@ -372,6 +386,9 @@ class PublishHttpProtocol(asyncio.Protocol):
         # A fallback request waits for its whole body, unless its client waits for
         # "100 Continue" first, which only a publish sends. A publish reads its body itself.
         waits_for_body = not (request.complete or request.expect_continue or request.failure is not None)
+        if request.publish_ids is not None and waits_for_body and self._feeding:
+            self._publish_deferred = True
+            return
         if request.publish_ids is None and waits_for_body:
             if self._body_timer is None:
                 self._body_timer = self._loop.call_later(
@@ -380,9 +397,24 @@ class PublishHttpProtocol(asyncio.Protocol):
             return
         self._cancel_body_timer()
         self._active_started = True
-        task = self._loop.create_task(self._answer(request))
+        work: Coroutine[Any, Any, None]
+        if request.publish_ids is not None and request.complete:
+            started = start_publish(self._context.publisher, request, functools.partial(self._respond_publish, request))
+            if started is None:
+                return
+            if isinstance(started, tuple):
+                # Sent from the next loop pass, because this may run inside a parser callback.
+                self._loop.call_soon(self._respond_publish, request, started)
+                return
+            work = started
+        else:
+            work = self._answer(request)
+        task = self._loop.create_task(work)
         self._context.tasks.add(task)
         task.add_done_callback(self._context.tasks.discard)
+
+    def _respond_publish(self, request: HttpRequest, response: PublishResponse) -> None:
+        self._respond(request, *response, False)
 
     async def _answer(self, request: HttpRequest) -> None:
         if request.publish_ids is not None:

@@ -9,12 +9,25 @@ body that names the problem, and a 429 also gets Retry-After. A request whose Co
 
 from __future__ import annotations
 
-from conduit.errors import HTTP_STATUS, ConduitError, InvalidArgument, PayloadTooLarge, RateLimited
-from publish_grpc.http_request import HttpRequest
-from publish_grpc.publisher import Publisher
-from publish_grpc.validation import parse_path
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-__all__ = ["PublishResponse", "serve_publish"]
+from conduit.errors import (
+    HTTP_STATUS,
+    BrokerUnavailable,
+    ConduitError,
+    InvalidArgument,
+    PayloadTooLarge,
+    RateLimited,
+)
+from publish_grpc.http_request import HttpRequest
+from publish_grpc.observe import PublishAttempt
+from publish_grpc.publisher import Publisher
+from publish_grpc.validation import PathIds, ValidatedPublish, parse_path
+
+__all__ = ["PublishResponse", "serve_publish", "start_publish"]
 
 PublishResponse = tuple[int, bytes, bytes]
 """Status, header lines (each ending CRLF) and body."""
@@ -25,24 +38,91 @@ _INTERNAL_ERROR_BODY = b'{"status_code":500,"detail":"Internal Server Error"}'
 
 
 async def serve_publish(publisher: Publisher, request: HttpRequest, body_read_timeout_s: float) -> PublishResponse:
-    """Run one publish and return its response, a 4xx or 500 one when the publish fails."""
-    assert request.publish_ids is not None
-    org_id, channel_id = request.publish_ids
+    """Run one publish, waiting for its body, and return its response, a 4xx or 500 one when the publish fails."""
     try:
         with publisher.attempt("http") as attempt:
-            attempt.note_path(org_id, channel_id)
-            _check_single_authorization(request)
-            publisher.authenticate(request.header(b"authorization"))
-            path = parse_path(org_id, channel_id)
-            _check_content_length(request, publisher.max_message_bytes)
+            path = _check_request(publisher, request, attempt)
             data = await request.read_body(body_read_timeout_s)
             stream_id = await publisher.publish(attempt, data, path=path)
-    except ConduitError as error:
-        return _error_response(error)
-    except Exception:
-        # PublishAttempt has logged it with the ids.
-        return _text_response(500, b"", _INTERNAL_ERROR_BODY)
+    except Exception as error:
+        return _failure_response(error)
     return _text_response(200, b"", stream_id.encode())
+
+
+def start_publish(
+    publisher: Publisher, request: HttpRequest, respond: Callable[[PublishResponse], None]
+) -> PublishResponse | Coroutine[Any, Any, None] | None:
+    """Start the publish of ``request``, whose body has fully arrived, without awaiting.
+
+    Returns the response of a request rejected by its checks. Returns None
+    after queueing the append with ``Publisher.append_nowait``: ``respond``
+    gets the response once the broker has replied. Returns a coroutine that
+    awaits the append and then calls ``respond``, for the caller to run as a
+    task, when the append cannot start at once (an END, a stream that needs
+    tracking, Redis Cluster). This path saves a task and a chain of coroutines per publish.
+    """
+    attempt = publisher.attempt("http")
+    attempt.start()
+    try:
+        path = _check_request(publisher, request, attempt)
+        publish = publisher.validate(attempt, request.body(), path=path)
+        entry_id = publisher.append_nowait(publish)
+    except Exception as error:
+        attempt.finish(error)
+        return _failure_response(error)
+    if entry_id is None:
+        return _append_then_respond(publisher, attempt, publish, respond)
+    entry_id.add_done_callback(functools.partial(_respond_appended, attempt, respond))
+    return None
+
+
+async def _append_then_respond(
+    publisher: Publisher, attempt: PublishAttempt, publish: ValidatedPublish, respond: Callable[[PublishResponse], None]
+) -> None:
+    try:
+        entry_id = await publisher.append(publish)
+    except BaseException as error:
+        attempt.finish(error)
+        if isinstance(error, Exception):
+            respond(_failure_response(error))
+            return
+        raise
+    attempt.finish(None)
+    respond(_text_response(200, b"", entry_id.encode()))
+
+
+def _respond_appended(
+    attempt: PublishAttempt, respond: Callable[[PublishResponse], None], entry_id: asyncio.Future[str]
+) -> None:
+    error: BaseException | None
+    if entry_id.cancelled():
+        error = BrokerUnavailable("append was cancelled before the broker replied; the message may or may not be stored")
+    else:
+        error = entry_id.exception()
+    attempt.finish(error)
+    if error is not None:
+        respond(_failure_response(error))
+    else:
+        respond(_text_response(200, b"", entry_id.result().encode()))
+
+
+def _check_request(publisher: Publisher, request: HttpRequest, attempt: PublishAttempt) -> PathIds:
+    """Run the checks that need no body: one valid bearer token, well-formed path ids, Content-Length under the limit."""
+    assert request.publish_ids is not None
+    org_id, channel_id = request.publish_ids
+    attempt.note_path(org_id, channel_id)
+    _check_single_authorization(request)
+    publisher.authenticate(request.header(b"authorization"))
+    path = parse_path(org_id, channel_id)
+    _check_content_length(request, publisher.max_message_bytes)
+    return path
+
+
+def _failure_response(error: BaseException) -> PublishResponse:
+    if isinstance(error, ConduitError):
+        return _error_response(error)
+    # PublishAttempt has logged it with the ids.
+    return _text_response(500, b"", _INTERNAL_ERROR_BODY)
 
 
 def _check_single_authorization(request: HttpRequest) -> None:

@@ -153,6 +153,10 @@ class HttpRequest:
             finally:
                 self._waiter = None
 
+        return self.body()
+
+    def body(self) -> bytes:
+        """Return the whole body, or raise as ``read_body`` does; for a request whose body has stopped arriving."""
         if self._body_failure is not None:
             raise InvalidArgument(self._body_failure)
         if self._body_bytes > self._max_body_bytes:

@@ -57,8 +57,10 @@ class Publisher:
         within the broker's dedup window returns the stored entry's id instead
         of appending it again.
         """
-        publish = self.validate(attempt, data, path=path)
+        return await self.append(self.validate(attempt, data, path=path))
 
+    async def append(self, publish: ValidatedPublish) -> str:
+        """Append a validated publish under the append deadline and return the entry id; raise as ``publish`` does."""
         # asyncio.timeout rather than wait_for, which on Python 3.11 runs the
         # append in a task of its own: a measurable cost per publish.
         try:
@@ -70,6 +72,18 @@ class Publisher:
             raise BrokerUnavailable(
                 f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
             ) from None
+
+    def append_nowait(self, publish: ValidatedPublish) -> asyncio.Future[str] | None:
+        """Start the append of a validated publish without awaiting, or return None when ``append`` must run.
+
+        The future resolves as ``append`` would. An END takes ``append``,
+        because the broker untracks its stream after storing it. The future
+        has no deadline of its own: the broker's batch exchanges ahead of it
+        are each bounded by the Redis client's socket timeout.
+        """
+        if publish.end:
+            return None
+        return self.broker.append_nowait(publish.stream_key, publish.data, message_id=publish.message_id)
 
     def validate(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> ValidatedPublish:
         """Decode and check ``data`` without awaiting, noting the ids on ``attempt``; raise what ``publish`` would."""

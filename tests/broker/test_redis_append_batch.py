@@ -20,9 +20,10 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from broker.base import Broker, NewEntry
 from broker.keys import stream_key
+from broker.redis_broker import RedisBroker
 from broker.redis_evalsha import run_evalsha_batch
 from conduit.errors import BrokerUnavailable
-from tests.broker.conftest import Backend
+from tests.broker.conftest import TEST_SETTINGS, Backend
 from tests.redis_process import RedisProcess
 
 # Guards against hangs only: each awaited step is expected to end long before.
@@ -223,3 +224,44 @@ async def test_killed_batch_connection_reconnects(redis_backend: Backend, raw: r
     entries = await broker.read(stream, "0-0", count=10, block_ms=0)
     assert (entries[-1].id, entries[-1].data) == (entry_id, b"after kill")
     await broker.close()
+
+
+async def test_close_during_batch_fails_nowait_appends(redis_backend: Backend, raw: redis.asyncio.Redis) -> None:
+    broker = redis_backend.make()
+    stream = new_stream()
+    await broker.append(stream, b"tracked", end=False)
+    await raw.client_pause(PAUSE_MS, all=False)
+    future = broker.append_nowait(stream, b"in flight")
+    assert future is not None
+    await wait_until_postponed(raw, 1)
+
+    await asyncio.wait_for(broker.close(), STEP_TIMEOUT_S)
+
+    with pytest.raises(BrokerUnavailable, match="broker is closed"):
+        await asyncio.wait_for(future, STEP_TIMEOUT_S)
+
+
+async def test_batch_past_deadline_raises_unavailable(redis_url: str, raw: redis.asyncio.Redis) -> None:
+    # The batch connection has no socket timeout of its own: the pool's, 0.3 s here, bounds each batch.
+    client = redis.asyncio.Redis.from_url(redis_url, socket_timeout=0.3)
+    broker = RedisBroker(client, TEST_SETTINGS)
+    stream = new_stream()
+    try:
+        await broker.append(stream, b"tracked", end=False)
+        await raw.client_pause(PAUSE_MS, all=False)
+        future = broker.append_nowait(stream, b"postponed")
+        waiting = asyncio.create_task(broker.append(stream, b"also postponed", end=False))
+
+        results = await asyncio.wait_for(asyncio.gather(future, waiting, return_exceptions=True), STEP_TIMEOUT_S)
+        await raw.client_unpause()
+        entry_id = await asyncio.wait_for(broker.append(stream, b"after the pause", end=False), STEP_TIMEOUT_S)
+    finally:
+        await raw.client_unpause()
+        await broker.close()
+
+    for result in results:
+        assert isinstance(result, BrokerUnavailable)
+        assert str(result) == "Redis append failed (TimeoutError)"
+    entries = await raw.xrange(stream)
+    # The postponed appends ran once Redis resumed: a timeout leaves their outcome unknown, as documented.
+    assert entries[-1] == (entry_id.encode(), {b"data": b"after the pause"})

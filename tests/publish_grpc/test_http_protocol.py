@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from publish_grpc.auth import TokenVerifier
 from publish_grpc.http_app import create_http_app
 from publish_grpc.http_listener import PublishHttpServer
 from publish_grpc.publisher import Publisher
-from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, bearer, make_request, make_settings, stream_keys
+from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, RATE_LIMIT, bearer, make_request, make_settings, stream_keys
 
 WAIT_TIMEOUT_S = 10
 DATE_LINE = re.compile(rb"date: [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT\r\n")
@@ -137,6 +138,68 @@ async def test_pipelined_responses_in_order(connect, redis_client: redis.Redis) 
     assert responses[0].body == first_id
     assert b'"status":"ok"' in responses[2].body.replace(b" ", b"")
     assert responses[3].body == second_id
+
+
+async def test_pipelined_publishes_one_channel_in_order(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    channel_id = str(uuid.uuid4())
+    # RATE_LIMIT publishes in all, so none is rejected.
+    requests = [make_request(channel_id=channel_id, payload={"index": index}) for index in range(RATE_LIMIT)]
+    bodies = [request.SerializeToString() for request in requests]
+    heads = [publish_head(channel_id, f"content-length: {len(body)}") for body in bodies]
+    # The first publish tracks the channel, so the pipelined ones after it are appended in batches.
+    await connection.send(heads[0] + bodies[0])
+    assert (await connection.read_response()).status_line == b"HTTP/1.1 200 OK"
+
+    await connection.send(b"".join(head + body for head, body in zip(heads[1:], bodies[1:], strict=True)))
+    responses = [await connection.read_response() for _ in range(RATE_LIMIT - 1)]
+
+    stored = redis_client.xrange(stream_key(ORG_ID, channel_id))
+    assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK"] * (RATE_LIMIT - 1)
+    assert [response.body for response in responses] == [entry_id for entry_id, _ in stored[1:]]
+    assert [fields[b"data"] for _, fields in stored] == bodies
+
+
+async def test_body_in_later_read_published(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    channel_id = str(uuid.uuid4())
+    await connection.send(publish_bytes_for(channel_id))
+    assert (await connection.read_response()).status_line == b"HTTP/1.1 200 OK"
+    request = make_request(channel_id=channel_id)
+    body = request.SerializeToString()
+
+    await connection.send(publish_head(channel_id, f"content-length: {len(body)}") + body[:10])
+    await asyncio.sleep(0.05)
+    await connection.send(body[10:])
+    response = await connection.read_response()
+
+    stored = redis_client.xrange(stream_key(ORG_ID, channel_id))
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    assert (response.body, body) == (stored[-1][0], stored[-1][1][b"data"])
+
+
+async def test_invalid_publish_on_tracked_channel_400_keeps_alive(connect, redis_client: redis.Redis) -> None:
+    connection = await connect()
+    channel_id = str(uuid.uuid4())
+    await connection.send(publish_bytes_for(channel_id))
+    assert (await connection.read_response()).status_line == b"HTTP/1.1 200 OK"
+    body = make_request(channel_id=channel_id, org_id=ORG_ID + 1).SerializeToString()
+
+    await connection.send(publish_head(channel_id, f"content-length: {len(body)}") + body)
+    rejected = await connection.read_response()
+    await connection.send(publish_bytes_for(channel_id))
+    accepted = await connection.read_response()
+
+    assert rejected.status_line == b"HTTP/1.1 400 Bad Request"
+    assert b"org_id" in rejected.body
+    assert rejected.header(b"connection") is None
+    assert accepted.status_line == b"HTTP/1.1 200 OK"
+    assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 2
+
+
+def publish_bytes_for(channel_id: str) -> bytes:
+    body = make_request(channel_id=channel_id).SerializeToString()
+    return publish_head(channel_id, f"content-length: {len(body)}") + body
 
 
 @pytest.mark.parametrize(
