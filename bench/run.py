@@ -2,22 +2,28 @@
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.run --quick          # small counts, about a minute
+    .venv/bin/python -m bench.run --quick          # small counts, about two minutes
     .venv/bin/python -m bench.run --out bench.json # the full run, about 15 minutes
 
 It starts everything it measures as child processes on loopback ports: one
 private redis-server, ``conduit serve publish`` and ``conduit serve gateway``,
 and nginx with Nchan (one worker) with and without Nchan's Redis backend.
 nginx and its Nchan module, and h2load (nghttp2-client) for the publish rows
-that use a C client, are installed with apt-get when missing. Results
-are medians of the repeats with their min and max; ratios compare Conduit with
-Nchan from the same run. The Markdown report goes to stdout.
+that use a C client, are installed with apt-get when missing. All targets
+stay up for the whole run. The idle scenario runs first, on one target after
+the other. Then every other scenario runs repeat 1 on each target, then
+repeat 2, and so on.
+The order of the targets rotates per repeat, so a change in the machine's
+load falls on all of them alike. Results are medians of the repeats with
+their min and max; ratios compare Conduit with Nchan from the same run. The
+Markdown report goes to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -30,14 +36,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import h2load, loadgen
 from bench.loadgen import SubscriberGroup, Target
 from bench.procs import HOST, ConduitServers, NchanServer, RedisServer, ensure_nchan_installed, process_stats
+from bench.report import report
 
 _SECRET = "bench-publisher-secret-0123456789abcdef"
 
@@ -55,14 +62,15 @@ class Sizes:
     interval_s: float
     many_channels: int
     many_rounds: int
+    many_repeats: int
     idle_counts: tuple[int, ...]
     idle_channels: int
     idle_window_s: float
     redis_benchmark_requests: int
 
 
-QUICK = Sizes(2, 2, 8, 2, 8, (20, 100), 1, 5, 0.1, 50, 3, (50, 200), 10, 2, 20000)
-FULL = Sizes(5, 3, 16, 2, 16, (100, 1000, 5000), 3, 20, 0.1, 1000, 5, (1000, 5000), 100, 5, 200000)
+QUICK = Sizes(2, 2, 8, 2, 8, (20, 100), 2, 5, 0.1, 50, 3, 2, (50, 200), 10, 2, 20000)
+FULL = Sizes(5, 3, 16, 2, 16, (100, 1000, 5000), 3, 20, 0.1, 1000, 5, 3, (1000, 5000), 100, 5, 200000)
 
 
 # --- Helpers ----------------------------------------------------------------
@@ -104,8 +112,12 @@ def cpu_meter(pids: list[int], redis_pid: int) -> Iterator[dict[str, float]]:
 # --- Scenarios --------------------------------------------------------------
 
 
-def scenario_publish(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
-    """Publishes per second and server CPU per publish for one front door."""
+# The publishes of one repeat that succeeded and failed, and the CPU that cpu_meter measured.
+PublishCounts = tuple[int, int, dict[str, float]]
+
+
+def publish_repeat(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> PublishCounts:
+    """Publish through one front door for ``sizes.publish_s``, then flush Redis."""
     channels = [str(uuid.uuid4()) for _ in range(64)]
     per_process = max(1, sizes.publish_connections // sizes.load_processes)
     function: Callable[..., Any] = {
@@ -115,46 +127,40 @@ def scenario_publish(kind: str, target: Target, pids: list[int], redis: RedisSer
     }[kind]
     if kind == "grpc_stream":
         per_process = max(1, sizes.grpc_streams // sizes.load_processes)
-    tally = _PublishTally()
-    for _ in range(sizes.publish_repeats):
-        args = [(target, per_process, sizes.publish_s, channels)] * sizes.load_processes
-        with cpu_meter(pids, redis.process.pid) as cpu:
-            counts = loadgen.run_in_processes(function, args, timeout_s=sizes.publish_s + 60)
-        tally.add(sum(c["ok"] for c in counts), sum(c["failed"] for c in counts), cpu, sizes.publish_s)
-        redis.cli("FLUSHALL")
-    return tally.result()
+    args = [(target, per_process, sizes.publish_s, channels)] * sizes.load_processes
+    with cpu_meter(pids, redis.process.pid) as cpu:
+        counts = loadgen.run_in_processes(function, args, timeout_s=sizes.publish_s + 60)
+    redis.cli("FLUSHALL")
+    return sum(c["ok"] for c in counts), sum(c["failed"] for c in counts), cpu
 
 
-def scenario_publish_h2load(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
-    """Publishes per second and server CPU per publish with h2load as the client: ``http`` or ``grpc_stream``.
+def publish_h2load_repeat(kind: str, target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> PublishCounts:
+    """Publish with h2load as the client, ``http`` or ``grpc_stream``, for ``sizes.publish_s``, then flush Redis.
 
     Conduit must run with deduplication off, because h2load sends the same
     body, and so the same message_id, in every request.
     """
     channels = [str(uuid.uuid4()) for _ in range(64)]
-    tally = _PublishTally()
-    for _ in range(sizes.publish_repeats):
-        with cpu_meter(pids, redis.process.pid) as cpu:
-            if kind == "grpc_stream":
-                result = h2load.run_stream_load(
-                    target.grpc_port, "/conduit.v1alpha.PublishService/PublishStream", channels,
-                    seconds=sizes.publish_s, streams=sizes.grpc_streams, token=target.publish_token,
-                )
-            else:
-                result = h2load.run_http_load(
-                    target.publish_port, [target.publish_path(channel) for channel in channels[: sizes.publish_connections]],
-                    target.h2load_http_body(), seconds=sizes.publish_s, connections=sizes.publish_connections,
-                    headers=target.h2load_http_headers(),
-                )
-        ok, failed = result.messages, 0
+    with cpu_meter(pids, redis.process.pid) as cpu:
         if kind == "grpc_stream":
-            # h2load checks only the HTTP status, so the entries Redis added bound the count.
-            stored = h2load.stored_entries(redis, channels, org_id=1)
-            if stored < ok:
-                failed, ok = ok - stored, stored
-        tally.add(ok, failed, cpu, sizes.publish_s)
-        redis.cli("FLUSHALL")
-    return tally.result()
+            result = h2load.run_stream_load(
+                target.grpc_port, "/conduit.v1alpha.PublishService/PublishStream", channels,
+                seconds=sizes.publish_s, streams=sizes.grpc_streams, token=target.publish_token,
+            )
+        else:
+            result = h2load.run_http_load(
+                target.publish_port, [target.publish_path(channel) for channel in channels[: sizes.publish_connections]],
+                target.h2load_http_body(), seconds=sizes.publish_s, connections=sizes.publish_connections,
+                headers=target.h2load_http_headers(),
+            )
+    ok, failed = result.messages, 0
+    if kind == "grpc_stream":
+        # h2load checks only the HTTP status, so the entries Redis added bound the count.
+        stored = h2load.stored_entries(redis, channels, org_id=1)
+        if stored < ok:
+            failed, ok = ok - stored, stored
+    redis.cli("FLUSHALL")
+    return ok, failed, cpu
 
 
 class _PublishTally:
@@ -281,30 +287,26 @@ def _deliveries(
         "missing": wanted - len(latencies),
         "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else None,
         "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else None,
+        # The tail beyond p99: the latency of the slowest delivery of the run.
+        "slowest_ms": latencies[-1] * 1000 if latencies else None,
         "first_p50_ms": percentile(first, 0.5) * 1000 if first else None,
         "server_cpu_us_per_delivery": cpu["cpu_s"] / len(latencies) * 1e6 if latencies else None,
     }
 
 
-def scenario_fanout(target: Target, count: int, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
-    runs = []
-    for _ in range(sizes.fanout_repeats):
-        channel = str(uuid.uuid4())
-        _add_tokens(target, [channel])
-        plan = [(marker, channel) for marker in range(1, sizes.messages + 1)]
-        runs.append(
-            _deliveries(target, [channel] * count, plan, sizes.messages, sizes.interval_s, 1, pids, redis, sizes.load_processes)
-        )
-    return _merge_runs(runs)
+def fanout_repeat(target: Target, count: int, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
+    channel = str(uuid.uuid4())
+    _add_tokens(target, [channel])
+    plan = [(marker, channel) for marker in range(1, sizes.messages + 1)]
+    return _deliveries(target, [channel] * count, plan, sizes.messages, sizes.interval_s, 1, pids, redis, sizes.load_processes)
 
 
-def scenario_many_channels(target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
+def many_channels_repeat(target: Target, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
     channels = [str(uuid.uuid4()) for _ in range(sizes.many_channels)]
     _add_tokens(target, channels)
     plan = [(round_ * len(channels) + i + 1, ch) for round_ in range(sizes.many_rounds) for i, ch in enumerate(channels)]
     # Each round publishes to every channel over 8 connections, then pauses.
-    result = _deliveries(target, channels, plan, sizes.many_rounds, 0.0, 8, pids, redis, sizes.load_processes)
-    return _merge_runs([result])
+    return _deliveries(target, channels, plan, sizes.many_rounds, 0.0, 8, pids, redis, sizes.load_processes)
 
 
 def scenario_idle(target: Target, count: int, pids: list[int], redis: RedisServer, sizes: Sizes) -> dict[str, Any]:
@@ -342,11 +344,16 @@ def scenario_idle(target: Target, count: int, pids: list[int], redis: RedisServe
     }
 
 
+# Measurements of a delivery run that _merge_runs reduces to median, min and
+# max over the repeats. The counts stay lists with one entry per repeat.
+_SUMMARIZED_DELIVERY_KEYS = ("p50_ms", "p99_ms", "slowest_ms", "first_p50_ms", "server_cpu_us_per_delivery")
+
+
 def _merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for key in runs[0]:
         values = [run[key] for run in runs]
-        merged[key] = summary(values) if key in ("p50_ms", "p99_ms", "first_p50_ms", "server_cpu_us_per_delivery") else values
+        merged[key] = summary(values) if key in _SUMMARIZED_DELIVERY_KEYS else values
     return merged
 
 
@@ -389,42 +396,32 @@ SCENARIOS = ("idle", "publish", "fanout", "many")
 _selected: set[str] = set(SCENARIOS)
 
 
-def run_target(name: str, target: Target, pids: dict[str, list[int]], redis: RedisServer, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    # Idle connections come first: a server that served earlier scenarios
-    # reuses their freed memory, which hides the cost of a new connection.
-    for count in sizes.idle_counts if "idle" in _selected else ():
-        log(f"{name}: {count} idle subscribers")
-        results[f"idle_{count}"] = scenario_idle(target, count, pids["deliver"], redis, sizes)
-    publish_kinds = ["http", "grpc_unary", "grpc_stream"] if target.kind == "conduit" else ["http"]
-    for kind in publish_kinds if "publish" in _selected else ():
-        log(f"{name}: publish {kind}")
-        results[f"publish_{kind}"] = scenario_publish(kind, target, pids["publish"], redis, sizes)
-    # Conduit's h2load rows run on servers with deduplication off (run_conduit).
-    if target.kind == "nchan" and "publish" in _selected and _h2load_ready():
-        log(f"{name}: publish http with h2load")
-        results["publish_http_h2load"] = scenario_publish_h2load("http", target, pids["publish"], redis, sizes)
-    for count in sizes.fanout_counts if "fanout" in _selected else ():
-        log(f"{name}: fan-out to {count}")
-        results[f"fanout_{count}"] = scenario_fanout(target, count, pids["deliver"], redis, sizes)
-        redis.cli("FLUSHALL")
-    if "many" in _selected:
-        log(f"{name}: {sizes.many_channels} channels")
-        results["many_channels"] = scenario_many_channels(target, pids["deliver"], redis, sizes)
-        redis.cli("FLUSHALL")
-    return results
+@dataclass(frozen=True)
+class Server:
+    """A target that is up: how to reach it, and the PIDs that do its publish and its delivery work."""
+
+    target: Target
+    publish_pids: list[int]
+    deliver_pids: list[int]
 
 
-def run_conduit(redis: RedisServer, sizes: Sizes, workers: int, log_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    from conduit.tokens import generate_rsa_key_pair, mint_publisher_token
+def conduit_env() -> dict[str, str]:
+    """Return the environment of Conduit's servers, with a fresh key pair for subscriber tokens."""
+    from conduit.tokens import generate_rsa_key_pair
 
     private_pem, public_pem = generate_rsa_key_pair()
     _KEYS["private"] = private_pem
-    env = {
+    return {
         "PUBLISH_JWT_SECRET": _SECRET, "PUBLISH_JWT_ISSUER": "bench", "PUBLISH_JWT_AUDIENCE": "conduit",
         "GATEWAY_JWT_PUBLIC_KEY": public_pem, "GATEWAY_JWT_ISSUER": "bench", "GATEWAY_JWT_AUDIENCE": "browsers",
         "PUBLISH_RATE_LIMIT": str(10**9), "MAX_STREAM_LEN": "1200", "LOG_FORMAT": "text",
     }
+
+
+@contextmanager
+def conduit_server(redis: RedisServer, env: dict[str, str], workers: int, log_dir: Path) -> Iterator[Server]:
+    from conduit.tokens import mint_publisher_token
+
     with ConduitServers.start(redis.url, env, log_dir, workers) as servers:
         time.sleep(1.0)
         target = Target(
@@ -432,24 +429,17 @@ def run_conduit(redis: RedisServer, sizes: Sizes, workers: int, log_dir: Path, l
             kind="conduit", grpc_port=servers.grpc_port,
             publish_token=mint_publisher_token(_SECRET, issuer="bench", audience="conduit", ttl_s=7200),
         )
-        pids = {"publish": servers.pids(servers.publish), "deliver": servers.pids(servers.gateway)}
-        results = run_target("conduit", target, pids, redis, sizes, log)
-    if "publish" in _selected and _h2load_ready():
-        redis.cli("FLUSHALL")
-        # h2load repeats its body's message_ids, which deduplication would store once.
-        h2load_log_dir = log_dir / "h2load"
-        h2load_log_dir.mkdir(exist_ok=True)
-        with ConduitServers.start(redis.url, {**env, "PUBLISH_DEDUP_WINDOW_SEC": "0"}, h2load_log_dir, workers) as servers:
-            time.sleep(1.0)
-            target = replace(
-                target, publish_port=servers.http_port, subscribe_port=servers.gateway_port, grpc_port=servers.grpc_port
-            )
-            for kind in ("http", "grpc_stream"):
-                log(f"conduit: publish {kind} with h2load, deduplication off")
-                results[f"publish_{kind}_h2load"] = scenario_publish_h2load(
-                    kind, target, servers.pids(servers.publish), redis, sizes
-                )
-    return results
+        yield Server(target, servers.pids(servers.publish), servers.pids(servers.gateway))
+
+
+@contextmanager
+def nchan_server(redis: RedisServer, *, use_redis: bool) -> Iterator[Server]:
+    with NchanServer.start(redis.url if use_redis else None) as nchan:
+        time.sleep(0.5)
+        name = "nchan_redis" if use_redis else "nchan_memory"
+        target = Target(name=name, host=HOST, publish_port=nchan.port, subscribe_port=nchan.port, kind="nchan")
+        pids = nchan.server_pids()
+        yield Server(target, pids, pids)
 
 
 def _h2load_ready() -> bool:
@@ -461,99 +451,144 @@ def _h2load_ready() -> bool:
 _h2load_state: dict[str, bool] = {}
 
 
-def run_nchan(redis: RedisServer, use_redis: bool, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
-    name = "nchan_redis" if use_redis else "nchan_memory"
-    with NchanServer.start(redis.url if use_redis else None) as nchan:
-        time.sleep(0.5)
-        target = Target(name=name, host=HOST, publish_port=nchan.port, subscribe_port=nchan.port, kind="nchan")
-        pids = nchan.server_pids()
-        return run_target(name, target, {"publish": pids, "deliver": pids}, redis, sizes, log)
+def _publish_kinds(target: Target, *, with_h2load: bool) -> list[str]:
+    if target.kind == "nchan":
+        return ["http"]
+    return ["http", "grpc_stream"] if with_h2load else ["http", "grpc_unary", "grpc_stream"]
 
 
-# --- Report -----------------------------------------------------------------
+def _wait_until_unblocked(redis: RedisServer, timeout_s: float = 10.0) -> None:
+    """Wait until no client of ``redis`` is in a blocking read, or ``timeout_s`` passed.
+
+    The idle scenario would count a read that the server before left open as
+    the next server's. Conduit's gateway cancels its XREAD when the last
+    subscriber leaves, but redis-py sometimes lets a cancelled read run to the
+    end of its block (gateway_http/hub_reader.py).
+    """
+    deadline = time.monotonic() + timeout_s
+    while redis.clients_field("blocked_clients") and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, dict):
-        return f"{value['median']:.{digits}f} ({value['min']:.{digits}f}–{value['max']:.{digits}f})"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+class InterleavedRun:
+    """The selected scenarios on servers that are all up at once, each scenario's repeats interleaved across them.
 
+    Repeat ``r`` of a scenario runs once on every server, starting with the
+    server ``r`` places further on in ``servers``: C, M, R, then M, R, C,
+    then R, C, M. So a change in the machine's load during the run falls on
+    all targets alike instead of on whichever ran last.
+    """
 
-def _median(value: Any) -> float | None:
-    return value["median"] if isinstance(value, dict) else value
+    def __init__(self, servers: dict[str, Server], redis: RedisServer, sizes: Sizes, log: Callable[[str], None]) -> None:
+        self.servers = servers
+        self.redis = redis
+        self.sizes = sizes
+        self.log = log
+        self.results: dict[str, dict[str, Any]] = {name: {} for name in servers}
 
-
-def _ratio(ours: Any, theirs: Any) -> str:
-    a, b = _median(ours), _median(theirs)
-    if a is None or b is None or b == 0:
-        return "n/a"
-    return f"{a / b:.2f}×"
-
-
-def report(results: dict[str, Any]) -> str:
-    lines = [f"Machine: {results['machine']}", ""]
-    ceiling = results["redis_ceiling"]
-    lines += [f"Redis ceiling (redis-benchmark, 50 clients, no pipelining): XADD {ceiling['xadd_per_s']:.0f}/s, "
-              f"XREAD {ceiling['xread_per_s']:.0f}/s", ""]
-    targets = [name for name in ("conduit", "nchan_memory", "nchan_redis") if name in results]
-    conduit = results.get("conduit", {})
-    nchan = results.get("nchan_redis", {})
-
-    lines += ["| publish | target | publishes/s | server CPU µs/publish | Redis CPU µs/publish | ratio vs Nchan+Redis (rate) |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for name in targets:
-        for kind in ("http", "grpc_unary", "grpc_stream", "http_h2load", "grpc_stream_h2load"):
-            row = results[name].get(f"publish_{kind}")
-            if row is None:
-                continue
-            ratio = _ratio(row["publishes_per_s"], nchan.get("publish_http", {}).get("publishes_per_s")) if name == "conduit" else ""
-            lines.append(f"| {kind} | {name} | {_fmt(row['publishes_per_s'], 0)} | {_fmt(row['server_cpu_us_per_publish'])} | "
-                         f"{_fmt(row['redis_cpu_us_per_publish'])} | {ratio} |")
-    lines.append("")
-
-    lines += ["| delivery | target | connected | delivered / missing | first p50 ms | p50 ms | p99 ms | server CPU µs/delivery | p99 and CPU vs Nchan memory / Redis |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    scenario_names = [key for key in conduit if key.startswith("fanout_")] + ["many_channels"]
-    for scenario in scenario_names:
-        for name in targets:
-            row = results[name].get(scenario)
-            if row is None:
-                continue
-            ratio = ""
-            if name == "conduit":
-                parts = []
-                for other in ("nchan_memory", "nchan_redis"):
-                    theirs = results.get(other, {}).get(scenario)
-                    if theirs:
-                        parts.append(f"{_ratio(row['p99_ms'], theirs['p99_ms'])}, {_ratio(row['server_cpu_us_per_delivery'], theirs['server_cpu_us_per_delivery'])}")
-                ratio = " / ".join(parts)
-            lines.append(
-                f"| {scenario} | {name} | {row['connected']} | {row['delivered']} / {row['missing']} | "
-                f"{_fmt(row.get('first_p50_ms'), 2)} | {_fmt(row['p50_ms'])} | "
-                f"{_fmt(row['p99_ms'])} | {_fmt(row['server_cpu_us_per_delivery'])} | {ratio} |"
+    def run(self, conduit_env: dict[str, str], workers: int, log_dir: Path) -> dict[str, dict[str, Any]]:
+        """Run the scenarios in ``_selected`` and return each target's results by scenario."""
+        # Idle connections come first: a server that served earlier scenarios
+        # reuses their freed memory, which hides the cost of a new connection.
+        if "idle" in _selected:
+            self.idle()
+        if "publish" in _selected:
+            self.publish(self.servers, publish_repeat, with_h2load=False)
+            if _h2load_ready():
+                self.publish_h2load(conduit_env, workers, log_dir)
+        for count in self.sizes.fanout_counts if "fanout" in _selected else ():
+            self.deliveries(
+                f"fanout_{count}", f"fan-out to {count}", self.sizes.fanout_repeats, functools.partial(self._fanout_repeat, count)
             )
-    lines.append("")
-
-    lines += ["| idle | target | connected (still) | RSS bytes/connection | Redis commands/s | Redis connections added / blocked | server CPU % | RSS vs Nchan memory |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for scenario in [key for key in conduit if key.startswith("idle_")]:
-        for name in targets:
-            row = results[name].get(scenario)
-            if row is None:
-                continue
-            ratio = ""
-            if name == "conduit" and "nchan_memory" in results:
-                ratio = _ratio(row["rss_bytes_per_connection"], results["nchan_memory"][scenario]["rss_bytes_per_connection"])
-            lines.append(
-                f"| {row['subscribers']} on {row['channels']} channels | {name} | {row['connected']} ({row['still_connected']}) | "
-                f"{_fmt(row['rss_bytes_per_connection'], 0)} | {_fmt(row['redis_commands_per_s'])} | "
-                f"{row['redis_connections_added']} / {row['redis_blocked_clients']} | {_fmt(row['server_cpu_percent_idle'])} | {ratio} |"
+        if "many" in _selected:
+            self.deliveries(
+                "many_channels", f"{self.sizes.many_channels} channels", self.sizes.many_repeats, self._many_channels_repeat
             )
-    return "\n".join(lines)
+        return self.results
+
+    def idle(self) -> None:
+        for name, server in self.servers.items():
+            for count in self.sizes.idle_counts:
+                _wait_until_unblocked(self.redis)
+                self.log(f"{name}: {count} idle subscribers")
+                self.results[name][f"idle_{count}"] = scenario_idle(
+                    server.target, count, server.deliver_pids, self.redis, self.sizes
+                )
+
+    def publish(
+        self, servers: dict[str, Server], publish_once: Callable[..., PublishCounts], *, with_h2load: bool
+    ) -> None:
+        """Run each server's publish kinds once per repeat with ``publish_once``: ``publish_repeat`` or ``publish_h2load_repeat``."""
+        tallies = {
+            name: {kind: _PublishTally() for kind in _publish_kinds(server.target, with_h2load=with_h2load)}
+            for name, server in servers.items()
+        }
+        client = " with h2load" if with_h2load else ""
+
+        def measure(server: Server, repeat: int) -> None:
+            for kind, tally in tallies[server.target.name].items():
+                repeats = self.sizes.publish_repeats
+                self.log(f"{server.target.name}: publish {kind}{client}, repeat {repeat + 1} of {repeats}")
+                ok, failed, cpu = publish_once(kind, server.target, server.publish_pids, self.redis, self.sizes)
+                tally.add(ok, failed, cpu, self.sizes.publish_s)
+
+        self._interleave(servers, self.sizes.publish_repeats, measure)
+        suffix = "_h2load" if with_h2load else ""
+        for name, by_kind in tallies.items():
+            for kind, tally in by_kind.items():
+                self.results[name][f"publish_{kind}{suffix}"] = tally.result()
+
+    def publish_h2load(self, conduit_env: dict[str, str], workers: int, log_dir: Path) -> None:
+        """Run the h2load publish rows, Conduit's on a second pair of servers with deduplication off.
+
+        h2load repeats its body's message_ids, which deduplication would store once.
+        """
+        h2load_log_dir = log_dir / "h2load"
+        h2load_log_dir.mkdir(exist_ok=True)
+        no_dedup_env = {**conduit_env, "PUBLISH_DEDUP_WINDOW_SEC": "0"}
+        with conduit_server(self.redis, no_dedup_env, workers, h2load_log_dir) as conduit:
+            # Replacing the value keeps Conduit's place in the rotation.
+            servers = {**self.servers, "conduit": conduit}
+            self.publish(servers, publish_h2load_repeat, with_h2load=True)
+
+    def deliveries(self, scenario: str, label: str, repeats: int, measure: Callable[[Server], dict[str, Any]]) -> None:
+        """Run one delivery scenario on every server ``repeats`` times, then flush Redis."""
+
+        def logged(server: Server, repeat: int) -> dict[str, Any]:
+            self.log(f"{server.target.name}: {label}, repeat {repeat + 1} of {repeats}")
+            return measure(server)
+
+        runs = self._interleave(self.servers, repeats, logged)
+        for name, results in runs.items():
+            self.results[name][scenario] = _merge_runs(results)
+        self.redis.cli("FLUSHALL")
+
+    def _fanout_repeat(self, count: int, server: Server) -> dict[str, Any]:
+        return fanout_repeat(server.target, count, server.deliver_pids, self.redis, self.sizes)
+
+    def _many_channels_repeat(self, server: Server) -> dict[str, Any]:
+        return many_channels_repeat(server.target, server.deliver_pids, self.redis, self.sizes)
+
+    def _interleave(
+        self, servers: dict[str, Server], repeats: int, measure: Callable[[Server, int], Any]
+    ) -> dict[str, list[Any]]:
+        """Call ``measure(server, repeat)`` on each server once per repeat, in rotated order; return the results by server.
+
+        Before each call it waits until every server and Redis are idle, so
+        that one server's teardown of the run before, such as closing 5,000
+        connections, does not fall into the next server's measurement.
+        """
+        servers_up = [*self.servers.values(), *servers.values()]
+        quiet_pids = {self.redis.process.pid}
+        quiet_pids.update(pid for server in servers_up for pid in (*server.publish_pids, *server.deliver_pids))
+        names = list(servers)
+        runs: dict[str, list[Any]] = {name: [] for name in names}
+        for repeat in range(repeats):
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                _wait_until_idle(list(quiet_pids))
+                runs[name].append(measure(servers[name], repeat))
+        return runs
 
 
 def main() -> int:
@@ -588,15 +623,17 @@ def main() -> int:
     with RedisServer.start() as redis:
         log("Redis ceiling")
         results["redis_ceiling"] = redis_ceiling(redis, sizes.redis_benchmark_requests)
-        with tempfile.TemporaryDirectory(prefix="bench-conduit-") as temporary:
+        with tempfile.TemporaryDirectory(prefix="bench-conduit-") as temporary, ExitStack() as stack:
             log_dir = args.log_dir or Path(temporary)
             log_dir.mkdir(parents=True, exist_ok=True)
-            results["conduit"] = run_conduit(redis, sizes, args.workers, log_dir, log)
-        redis.cli("FLUSHALL")
-        if nchan_ok:
-            results["nchan_memory"] = run_nchan(redis, False, sizes, log)
-            redis.cli("FLUSHALL")
-            results["nchan_redis"] = run_nchan(redis, True, sizes, log)
+            # Every target stays up for the whole run, so the repeats of a scenario can alternate between them.
+            env = conduit_env()
+            started = [stack.enter_context(conduit_server(redis, env, args.workers, log_dir))]
+            if nchan_ok:
+                started.append(stack.enter_context(nchan_server(redis, use_redis=False)))
+                started.append(stack.enter_context(nchan_server(redis, use_redis=True)))
+            servers = {server.target.name: server for server in started}
+            results.update(InterleavedRun(servers, redis, sizes, log).run(env, args.workers, log_dir))
     results["machine"] += f", {os.getloadavg()[0]:.2f} at end"
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
