@@ -43,7 +43,9 @@ def route_head(request: HttpRequest) -> None:
         )
     else:
         if request.method == b"POST":
-            path = "/" + _SLASH_RUN.sub("/", request.target[0].strip("/"))
+            path = request.target[0]
+            if "//" in path or path.endswith("/") or not path.startswith("/"):
+                path = "/" + _SLASH_RUN.sub("/", path.strip("/"))
             match = _PUBLISH_PATH.fullmatch(path)
             if match is not None:
                 request.publish_ids = (match[1], match[2])

@@ -254,7 +254,10 @@ class PublishHttpProtocol(asyncio.Protocol):
         value = value.rstrip(b" \t")
         request = self._parsing
         assert request is not None
-        self._count_head(len(name) + len(value) + _FIELD_OVERHEAD_BYTES)
+        # _count_head inlined: this runs for every header field of every request.
+        self._head_bytes += len(name) + len(value) + _FIELD_OVERHEAD_BYTES
+        if self._head_bytes > self._context.max_head_bytes:
+            self._count_head(0)
         if len(request.headers) >= MAX_HEADER_FIELDS:
             raise _HeadTooLarge(f"request has more than {MAX_HEADER_FIELDS} header fields")
         if not self._head_open:
