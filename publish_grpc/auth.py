@@ -62,8 +62,8 @@ class TokenVerifier:
         """Number of tokens currently cached."""
         return len(self._expiry_by_digest)
 
-    def verify(self, authorization: str | None) -> None:
-        """Return when ``authorization`` carries a valid token; raise Unauthenticated otherwise."""
+    def verify(self, authorization: str | None) -> int:
+        """Return the ``exp`` of the valid token in ``authorization``; raise Unauthenticated otherwise."""
         token = _bearer_token(authorization)
         digest = hashlib.sha256(token.encode()).digest()
 
@@ -71,15 +71,26 @@ class TokenVerifier:
         if expires_at is not None:
             if self._clock() - self._leeway_s < expires_at:
                 self._expiry_by_digest.move_to_end(digest)
-                return
+                return expires_at
             del self._expiry_by_digest[digest]
             raise Unauthenticated("token has expired: mint a new one")
 
         claims = self._decode(token)
         # The decoder accepted int(exp); an int compares with the float clock even past 1e308.
-        self._expiry_by_digest[digest] = int(claims["exp"])  # type: ignore[call-overload]
+        expires_at = int(claims["exp"])  # type: ignore[call-overload]
+        self._expiry_by_digest[digest] = expires_at
         if len(self._expiry_by_digest) > self._cache_size:
             self._expiry_by_digest.popitem(last=False)
+        return expires_at
+
+    def check_unexpired(self, expires_at: int) -> None:
+        """Raise Unauthenticated when a token that ``verify`` accepted with this ``exp`` has expired since.
+
+        For a caller that verified a token once and uses it again, such as
+        one PublishStream call: it skips the token's digest and cache lookup.
+        """
+        if self._clock() - self._leeway_s >= expires_at:
+            raise Unauthenticated("token has expired: mint a new one")
 
     def _decode(self, token: str) -> dict[str, object]:
         try:

@@ -58,9 +58,9 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
 
         Messages are read ahead and appended in batches while earlier ones
         are answered, one stream's entries in request order (see
-        ``publish_grpc.stream``). The token is checked on every message,
-        which the verifier's cache makes cheap, so a stream stops being
-        accepted once its token expires.
+        ``publish_grpc.stream``). The token is verified with the first
+        message, and every later message checks its ``exp`` again, so a
+        stream stops being accepted once its token expires.
         """
         # The metadata of a call is fixed, so the header is looked up once.
         steps = _StreamSteps(self._publisher, _authorization(context))
@@ -106,12 +106,17 @@ class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
     def __init__(self, publisher: Publisher, authorization: str | None) -> None:
         self._publisher = publisher
         self._authorization = authorization
+        # The call's metadata is fixed, so its token needs verifying only once.
+        self._token_expires_at: int | None = None
 
     def prepare(self, data: bytes) -> tuple[PublishAttempt, ValidatedPublish]:
         attempt = self._publisher.attempt("grpc")
         attempt.start()
         try:
-            _authenticate(self._publisher, attempt, self._authorization, data)
+            if self._token_expires_at is None:
+                self._token_expires_at = _authenticate(self._publisher, attempt, self._authorization, data)
+            else:
+                _check_unexpired(self._publisher, attempt, self._token_expires_at, data)
             return attempt, self._publisher.validate(attempt, data)
         except ConduitError as error:
             attempt.finish(error)
@@ -151,11 +156,19 @@ class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
             attempt.finish(cancelled)
 
 
-def _authenticate(publisher: Publisher, attempt: PublishAttempt, authorization: str | None, request: bytes) -> None:
+def _authenticate(publisher: Publisher, attempt: PublishAttempt, authorization: str | None, request: bytes) -> int:
     try:
-        publisher.authenticate(authorization)
+        return publisher.authenticate(authorization)
     except Unauthenticated:
         # The rejection is logged with the stream's ids when the body names them.
+        attempt.note_body(request)
+        raise
+
+
+def _check_unexpired(publisher: Publisher, attempt: PublishAttempt, expires_at: int, request: bytes) -> None:
+    try:
+        publisher.check_unexpired(expires_at)
+    except Unauthenticated:
         attempt.note_body(request)
         raise
 

@@ -36,9 +36,13 @@ class Publisher:
         """Return the context manager that records one publish's metrics and rejection log."""
         return PublishAttempt(front_door)
 
-    def authenticate(self, authorization: str | None) -> None:
-        """Raise Unauthenticated unless ``authorization`` is ``Bearer <valid token>``."""
-        self._verifier.verify(authorization)
+    def authenticate(self, authorization: str | None) -> int:
+        """Return the token's ``exp`` when ``authorization`` is ``Bearer <valid token>``; raise Unauthenticated otherwise."""
+        return self._verifier.verify(authorization)
+
+    def check_unexpired(self, expires_at: int) -> None:
+        """Raise Unauthenticated once a token that ``authenticate`` accepted with this ``exp`` has expired."""
+        self._verifier.check_unexpired(expires_at)
 
     async def publish(
         self,

@@ -127,3 +127,33 @@ def test_verifier_repr_hides_secret(verifier: TokenVerifier) -> None:
 
     assert SECRET not in repr(verifier)
     assert repr(verifier) == f"TokenVerifier(issuer={ISSUER!r}, audience={AUDIENCE!r}, cached=1)"
+
+
+def test_verify_returns_token_exp(verifier: TokenVerifier, clock: FakeClock) -> None:
+    exp = int(clock.now) + 60
+    token = make_token(exp=exp)
+
+    assert verifier.verify(f"Bearer {token}") == exp
+    assert verifier.verify(f"Bearer {token}") == exp
+
+
+def test_check_unexpired_raises_after_exp(verifier: TokenVerifier, clock: FakeClock) -> None:
+    exp = verifier.verify(f"Bearer {make_token(exp=int(clock.now) + 60)}")
+    verifier.check_unexpired(exp)
+
+    clock.now = exp
+    with pytest.raises(Unauthenticated) as raised:
+        verifier.check_unexpired(exp)
+
+    assert raised.value.message == "token has expired: mint a new one"
+
+
+def test_check_unexpired_allows_leeway(clock: FakeClock) -> None:
+    verifier = TokenVerifier(JwtSettings(key=SECRET, issuer=ISSUER, audience=AUDIENCE), clock=clock, leeway_s=30)
+    exp = verifier.verify(f"Bearer {make_token(exp=int(clock.now) + 60)}")
+
+    clock.now = exp + 29
+    verifier.check_unexpired(exp)
+    clock.now = exp + 30
+    with pytest.raises(Unauthenticated):
+        verifier.check_unexpired(exp)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,10 +12,25 @@ import pytest
 import redis
 
 from broker.keys import stream_key
-from conduit.errors import InvalidArgument, RateLimited
+from broker.memory import MemoryBroker
+from conduit.errors import InvalidArgument, RateLimited, Unauthenticated
+from conduit.settings import BrokerSettings, JwtSettings
 from conduit.v1alpha.publish_pb2_grpc import PublishServiceStub
+from publish_grpc.auth import TokenVerifier
+from publish_grpc.grpc_service import _StreamSteps
+from publish_grpc.publisher import Publisher
 from publish_grpc.stream import StreamPublisher, publish_batched
-from tests.publish_grpc.conftest import ORG_ID, RATE_LIMIT, bearer, make_request
+from tests.publish_grpc.conftest import (
+    AUDIENCE,
+    ISSUER,
+    MAX_MESSAGE_BYTES,
+    ORG_ID,
+    RATE_LIMIT,
+    SECRET,
+    bearer,
+    make_request,
+    make_token,
+)
 
 _WAIT_S = 5
 
@@ -244,3 +260,19 @@ async def test_publish_stream_interleaved_channels_keep_order(
         entries = redis_client.xrange(stream_key(ORG_ID, channel_id))
         assert [fields[b"data"] for _, fields in entries] == [r.SerializeToString() for r in requests[offset::3]]
         assert [entry_id.decode() for entry_id, _ in entries] == responses[offset::3]
+
+
+async def test_stream_steps_token_expires_mid_call() -> None:
+    now = [time.time()]
+    verifier = TokenVerifier(JwtSettings(key=SECRET, issuer=ISSUER, audience=AUDIENCE), clock=lambda: now[0])
+    broker = MemoryBroker(BrokerSettings(redis_url=None))
+    exp = int(now[0]) + 60
+    steps = _StreamSteps(Publisher(broker, verifier, max_message_bytes=MAX_MESSAGE_BYTES), bearer(make_token(exp=exp)))
+    try:
+        steps.prepare(make_request(org_id=ORG_ID).SerializeToString())
+
+        now[0] = exp
+        with pytest.raises(Unauthenticated, match="token has expired: mint a new one"):
+            steps.prepare(make_request(org_id=ORG_ID).SerializeToString())
+    finally:
+        await broker.close()
