@@ -321,3 +321,25 @@ async def test_fast_path_metrics_counted(open_raw, any_server: PublishServer) ->
     assert sample("conduit_broker_duration_seconds_count", operation="append") == appends + RATE_LIMIT
     assert sample("conduit_publish_in_flight", front_door="http") == 0
 
+
+async def test_closed_broker_fast_path_as_awaited(open_raw, any_server: PublishServer) -> None:
+    connection = await open_raw(any_server)
+    channel_id = str(uuid.uuid4())
+    await track(connection, channel_id)
+    fast_head, fast_body = publish_message(channel_id)
+    end_head, end_body = publish_message(channel_id, phase=Phase.PHASE_END)
+    await any_server._publisher.broker.close()
+    errors = sample("conduit_broker_errors_total", operation="append")
+    appends = sample("conduit_broker_duration_seconds_count", operation="append")
+
+    await connection.send(fast_head + fast_body)
+    fast = await connection.read_response()
+    fast_errors = sample("conduit_broker_errors_total", operation="append") - errors
+    fast_appends = sample("conduit_broker_duration_seconds_count", operation="append") - appends
+    await connection.send(end_head + end_body)
+    awaited = await connection.read_response()
+
+    assert fast.status_line == b"HTTP/1.1 503 Service Unavailable"
+    assert without_date(fast) == without_date(awaited)
+    assert (fast_errors, fast_appends) == (1, 1)
+    assert sample("conduit_broker_errors_total", operation="append") == errors + 2
