@@ -14,14 +14,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from conduit.errors import (
-    HTTP_STATUS,
-    BrokerUnavailable,
-    ConduitError,
-    InvalidArgument,
-    PayloadTooLarge,
-    RateLimited,
-)
+from conduit.errors import HTTP_STATUS, ConduitError, InvalidArgument, PayloadTooLarge, RateLimited
 from publish_grpc.http_request import HttpRequest
 from publish_grpc.observe import PublishAttempt
 from publish_grpc.publisher import Publisher
@@ -72,7 +65,7 @@ def start_publish(
         return _failure_response(error)
     if entry_id is None:
         return _append_then_respond(publisher, attempt, publish, respond)
-    entry_id.add_done_callback(functools.partial(_respond_appended, attempt, respond))
+    entry_id.add_done_callback(functools.partial(_respond_appended, publisher, attempt, respond))
     return None
 
 
@@ -92,11 +85,15 @@ async def _append_then_respond(
 
 
 def _respond_appended(
-    attempt: PublishAttempt, respond: Callable[[PublishResponse], None], entry_id: asyncio.Future[str]
+    publisher: Publisher,
+    attempt: PublishAttempt,
+    respond: Callable[[PublishResponse], None],
+    entry_id: asyncio.Future[str],
 ) -> None:
     error: BaseException | None
     if entry_id.cancelled():
-        error = BrokerUnavailable("append was cancelled before the broker replied; the message may or may not be stored")
+        # Only the publisher's append deadline cancels this future.
+        error = publisher.append_timeout_error()
     else:
         error = entry_id.exception()
     attempt.finish(error)

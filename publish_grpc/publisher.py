@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from broker.base import AppendManyResult, Broker, NewEntry
 from conduit.errors import BrokerUnavailable
@@ -69,21 +70,31 @@ class Publisher:
                     publish.stream_key, publish.data, end=publish.end, message_id=publish.message_id
                 )
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
-            ) from None
+            raise self.append_timeout_error() from None
 
     def append_nowait(self, publish: ValidatedPublish) -> asyncio.Future[str] | None:
         """Start the append of a validated publish without awaiting, or return None when ``append`` must run.
 
-        The future resolves as ``append`` would. An END takes ``append``,
-        because the broker untracks its stream after storing it. The future
-        has no deadline of its own: the broker's batch exchanges ahead of it
-        are each bounded by the Redis client's socket timeout.
+        The future resolves as ``append`` would, except that it is cancelled
+        when the append deadline passes first, where ``append`` raises
+        ``append_timeout_error()``. An END takes ``append``, because the broker
+        untracks its stream after storing it.
         """
         if publish.end:
             return None
-        return self.broker.append_nowait(publish.stream_key, publish.data, message_id=publish.message_id)
+        future = self.broker.append_nowait(publish.stream_key, publish.data, message_id=publish.message_id)
+        if future is not None and not future.done():
+            # The broker bounds each batch by its socket timeout, but an append may wait for
+            # a batch ahead of it, a script reload or a retracking, which together can take longer.
+            timer = asyncio.get_running_loop().call_later(self._append_timeout_s, future.cancel)
+            future.add_done_callback(functools.partial(_cancel_timer, timer))
+        return future
+
+    def append_timeout_error(self) -> BrokerUnavailable:
+        """Build the error for an append that missed the append deadline, as ``append`` raises it."""
+        return BrokerUnavailable(
+            f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
+        )
 
     def validate(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> ValidatedPublish:
         """Decode and check ``data`` without awaiting, noting the ids on ``attempt``; raise what ``publish`` would."""
@@ -108,3 +119,7 @@ class Publisher:
             raise BrokerUnavailable(
                 f"broker timed out after {self._append_timeout_s:g} s; the messages may or may not be stored"
             ) from None
+
+
+def _cancel_timer(timer: asyncio.TimerHandle, _future: asyncio.Future[str]) -> None:
+    timer.cancel()

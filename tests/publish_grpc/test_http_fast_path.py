@@ -27,7 +27,11 @@ from broker import Broker, create_broker
 from broker.keys import stream_key
 from conduit.v1alpha.publish_pb2 import Phase
 from publish_grpc import PublishServer
-from tests.publish_grpc.conftest import ORG_ID, RATE_LIMIT, make_request, make_settings
+from publish_grpc.auth import TokenVerifier
+from publish_grpc.http_app import create_http_app
+from publish_grpc.http_listener import PublishHttpServer
+from publish_grpc.publisher import Publisher
+from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, RATE_LIMIT, make_request, make_settings
 from tests.publish_grpc.test_http_protocol import DATE_LINE, RawConnection, RawResponse, publish_head
 from tests.redis_process import RedisProcess
 
@@ -343,3 +347,60 @@ async def test_closed_broker_fast_path_as_awaited(open_raw, any_server: PublishS
     assert without_date(fast) == without_date(awaited)
     assert (fast_errors, fast_appends) == (1, 1)
     assert sample("conduit_broker_errors_total", operation="append") == errors + 2
+
+
+async def test_killed_batch_connection_fast_path_stores_once(
+    open_raw, logs, server: PublishServer, raw: redis.asyncio.Redis, redis_client: redis.Redis
+) -> None:
+    connection = await open_raw(server)
+    channel_id = str(uuid.uuid4())
+    await track(connection, channel_id)
+    head, body = publish_message(channel_id)
+    await raw.client_pause(PAUSE_MS, all=False)
+    await connection.send(head + body)
+    await wait_until_postponed(raw, 1)
+
+    # Drops the postponed EVALSHA with its connection; the batch is sent once more on a new one.
+    killed = await raw.client_kill_filter(_type="normal", skipme=True)
+    await raw.client_unpause()
+    response = await connection.read_response()
+
+    assert killed >= 1
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    stored_entries = redis_client.xrange(stream_key(ORG_ID, channel_id))
+    assert [(entry_id, fields[b"data"]) for entry_id, fields in stored_entries[1:]] == [(response.body, body)]
+    assert_no_lost_errors(logs)
+
+
+async def test_fast_path_append_deadline_as_awaited(
+    open_raw, redis_url: str, broker: Broker, raw: redis.asyncio.Redis
+) -> None:
+    settings = make_settings(redis_url)
+    assert settings.publish_jwt is not None
+    # Far below the Redis client's socket timeout, which alone bounds a batch.
+    publisher = Publisher(
+        broker, TokenVerifier(settings.publish_jwt), max_message_bytes=MAX_MESSAGE_BYTES, append_timeout_s=0.2
+    )
+    http_server = PublishHttpServer(publisher, create_http_app(publisher), "127.0.0.1", 0, body_read_timeout_s=1)
+    await http_server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_server.port)
+        connection = RawConnection(reader, writer)
+        channel_id = str(uuid.uuid4())
+        await track(connection, channel_id)
+        fast_head, fast_body = publish_message(channel_id)
+        end_head, end_body = publish_message(channel_id, phase=Phase.PHASE_END)
+        await raw.client_pause(PAUSE_MS, all=False)
+
+        await connection.send(fast_head + fast_body)
+        fast = await connection.read_response()
+        await connection.send(end_head + end_body)
+        awaited = await connection.read_response()
+        await raw.client_unpause()
+        writer.close()
+    finally:
+        await http_server.stop(grace_s=1)
+
+    assert fast.status_line == b"HTTP/1.1 503 Service Unavailable"
+    assert fast.body == b"broker timed out after 0.2 s; the message may or may not be stored"
+    assert without_date(fast) == without_date(awaited)
