@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 
 from broker.base import AppendManyResult, Broker, NewEntry
 from conduit.errors import BrokerUnavailable
+from publish_grpc.append_deadlines import AppendDeadlines
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.observe import FrontDoor, PublishAttempt
 from publish_grpc.validation import PathIds, ValidatedPublish, check_request, decode_request
@@ -32,6 +32,7 @@ class Publisher:
         self.max_message_bytes = max_message_bytes
         self._verifier = verifier
         self._append_timeout_s = append_timeout_s
+        self._append_deadlines = AppendDeadlines(append_timeout_s)
 
     def attempt(self, front_door: FrontDoor) -> PublishAttempt:
         """Return the context manager that records one publish's metrics and rejection log."""
@@ -77,8 +78,9 @@ class Publisher:
 
         The future resolves as ``append`` would, except that it is cancelled
         when the append deadline passes first, where ``append`` raises
-        ``append_timeout_error()``. An END takes ``append``, because the broker
-        untracks its stream after storing it.
+        ``append_timeout_error()``. The cancel may come up to a tenth of the
+        deadline late (see ``AppendDeadlines``). An END takes ``append``,
+        because the broker untracks its stream after storing it.
         """
         if publish.end:
             return None
@@ -86,8 +88,7 @@ class Publisher:
         if future is not None and not future.done():
             # The broker bounds each batch by its socket timeout, but an append may wait for
             # a batch ahead of it, a script reload or a retracking, which together can take longer.
-            timer = asyncio.get_running_loop().call_later(self._append_timeout_s, future.cancel)
-            future.add_done_callback(functools.partial(_cancel_timer, timer))
+            self._append_deadlines.watch(future)
         return future
 
     def append_timeout_error(self) -> BrokerUnavailable:
@@ -119,7 +120,3 @@ class Publisher:
             raise BrokerUnavailable(
                 f"broker timed out after {self._append_timeout_s:g} s; the messages may or may not be stored"
             ) from None
-
-
-def _cancel_timer(timer: asyncio.TimerHandle, _future: asyncio.Future[str]) -> None:
-    timer.cancel()
