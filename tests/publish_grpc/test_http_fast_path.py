@@ -104,6 +104,10 @@ def assert_no_lost_errors(caplog: pytest.LogCaptureFixture) -> None:
         assert record.levelno < logging.ERROR, message
 
 
+async def read_responses(connection: RawConnection, count: int) -> list[RawResponse]:
+    return [await connection.read_response() for _ in range(count)]
+
+
 async def track(connection: RawConnection, channel_id: str) -> None:
     """Publish once on ``channel_id`` so that the next publishes there take the fast path."""
     head, body = publish_message(channel_id)
@@ -404,3 +408,20 @@ async def test_fast_path_append_deadline_as_awaited(
     assert fast.status_line == b"HTTP/1.1 503 Service Unavailable"
     assert fast.body == b"broker timed out after 0.2 s; the message may or may not be stored"
     assert without_date(fast) == without_date(awaited)
+
+
+async def test_concurrent_connections_ids_match_bodies(open_raw, any_server: PublishServer) -> None:
+    connections = [await open_raw(any_server) for _ in range(20)]
+    channels = [str(uuid.uuid4()) for _ in connections]
+    for connection, channel_id in zip(connections, channels, strict=True):
+        await track(connection, channel_id)
+    sent = [[publish_message(channel_id) for _ in range(RATE_LIMIT - 1)] for channel_id in channels]
+
+    for connection, messages in zip(connections, sent, strict=True):
+        connection.writer.write(b"".join(head + body for head, body in messages))
+    replies = await asyncio.gather(*(read_responses(connection, RATE_LIMIT - 1) for connection in connections))
+
+    for channel_id, messages, responses in zip(channels, sent, replies, strict=True):
+        assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK"] * (RATE_LIMIT - 1)
+        expected = [(response.body, body) for response, (_, body) in zip(responses, messages, strict=True)]
+        assert (await stored(any_server, channel_id))[1:] == expected
