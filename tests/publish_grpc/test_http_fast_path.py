@@ -185,19 +185,36 @@ async def test_pipelined_fast_and_slow_in_order(open_raw, any_server: PublishSer
     split_head, split_body = publish_message(new, payload={"step": "split"})
     continue_head, continue_body = publish_message(new, "expect: 100-continue", payload={"step": "continue"})
     last_head, last_body = publish_message(new, payload={"step": "fast 2"})
+    health = b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n"
+    # Rejected by its checks on a tracked channel: answered without a broker call.
+    unauthorized = fast_head.replace(b"authorization: Bearer ", b"authorization: Bearer x")
 
-    await connection.send(fast_head + fast_body + new_head + new_body + end_head + end_body + split_head + split_body[:5])
+    await connection.send(
+        fast_head + fast_body + health + new_head + new_body + end_head + end_body + split_head + split_body[:5]
+    )
     await asyncio.sleep(0.05)
-    await connection.send(split_body[5:] + continue_head + continue_body + last_head + last_body)
-    responses = [await connection.read_response() for _ in range(6)]
+    await connection.send(
+        split_body[5:] + continue_head + continue_body + unauthorized + fast_body + last_head + last_body
+    )
+    responses = [await connection.read_response() for _ in range(8)]
 
-    assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK"] * 6
-    assert (await stored(server, tracked))[1:] == [(responses[0].body, fast_body), (responses[2].body, end_body)]
+    assert [response.status_line for response in responses] == [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 401 Unauthorized",
+        b"HTTP/1.1 200 OK",
+    ]
+    assert b'"status":"ok"' in responses[1].body.replace(b" ", b"")
+    assert (await stored(server, tracked))[1:] == [(responses[0].body, fast_body), (responses[3].body, end_body)]
     assert await stored(server, new) == [
-        (responses[1].body, new_body),
-        (responses[3].body, split_body),
-        (responses[4].body, continue_body),
-        (responses[5].body, last_body),
+        (responses[2].body, new_body),
+        (responses[4].body, split_body),
+        (responses[5].body, continue_body),
+        (responses[7].body, last_body),
     ]
 
 
