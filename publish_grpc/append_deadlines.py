@@ -20,8 +20,9 @@ _SWEEPS_PER_TIMEOUT = 10
 class AppendDeadlines:
     """Cancel each watched future that has not settled ``timeout_s`` after ``watch``.
 
-    A future is cancelled up to ``timeout_s / _SWEEPS_PER_TIMEOUT`` after its
-    deadline. A settled future stays queued until the next sweep reaches it,
+    A future is cancelled by the first sweep after its deadline, and sweeps
+    come every ``timeout_s / _SWEEPS_PER_TIMEOUT`` while the queue is not
+    empty. A settled future stays queued until the next sweep reaches it,
     so the queue contains about that long's worth of publishes, and longer
     behind a future that is still pending.
     """

@@ -78,9 +78,10 @@ class Publisher:
 
         The future resolves as ``append`` would, except that it is cancelled
         when the append deadline passes first, where ``append`` raises
-        ``append_timeout_error()``. The cancel may come up to a tenth of the
-        deadline late (see ``AppendDeadlines``). An END takes ``append``,
-        because the broker untracks its stream after storing it.
+        ``append_timeout_error()``. The cancel comes up to a tenth of the
+        timeout late, plus any delay of the event loop (``AppendDeadlines``).
+        An END takes ``append``, because the broker untracks its stream after
+        storing it.
         """
         if publish.end:
             return None
