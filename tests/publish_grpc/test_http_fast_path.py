@@ -30,8 +30,10 @@ from publish_grpc import PublishServer
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.http_app import create_http_app
 from publish_grpc.http_listener import PublishHttpServer
+from publish_grpc.http_publish import start_publish
+from publish_grpc.http_request import HttpRequest
 from publish_grpc.publisher import Publisher
-from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, RATE_LIMIT, make_request, make_settings
+from tests.publish_grpc.conftest import MAX_MESSAGE_BYTES, ORG_ID, RATE_LIMIT, bearer, make_request, make_settings
 from tests.publish_grpc.test_http_protocol import DATE_LINE, RawConnection, RawResponse, publish_head
 from tests.redis_process import RedisProcess
 
@@ -102,6 +104,18 @@ def assert_no_lost_errors(caplog: pytest.LogCaptureFixture) -> None:
         assert "Exception in callback" not in message, message
         assert "Task exception" not in message, message
         assert record.levelno < logging.ERROR, message
+
+
+def parsed_end_publish() -> HttpRequest:
+    """Return an END publish as the protocol hands it to ``start_publish``: head parsed, whole body arrived."""
+    message = make_request(phase=Phase.PHASE_END)
+    # start_publish never writes to the transport.
+    request = HttpRequest(None, MAX_MESSAGE_BYTES)  # type: ignore[arg-type]
+    request.publish_ids = (str(ORG_ID), message.channel_id)
+    request.headers = [(b"authorization", bearer().encode())]
+    request.add_body(message.SerializeToString())
+    request.finish()
+    return request
 
 
 async def read_responses(connection: RawConnection, count: int) -> list[RawResponse]:
@@ -443,3 +457,51 @@ async def test_concurrent_connections_ids_match_bodies(open_raw, any_server: Pub
         assert [response.status_line for response in responses] == [b"HTTP/1.1 200 OK"] * (RATE_LIMIT - 1)
         expected = [(response.body, body) for response, (_, body) in zip(responses, messages, strict=True)]
         assert (await stored(any_server, channel_id))[1:] == expected
+
+
+async def test_awaited_publish_cancelled_before_start_finishes_attempt() -> None:
+    settings = make_settings(None)
+    assert settings.publish_jwt is not None
+    broker = create_broker(settings.broker)
+    publisher = Publisher(broker, TokenVerifier(settings.publish_jwt), max_message_bytes=MAX_MESSAGE_BYTES)
+    request = parsed_end_publish()
+    in_flight = sample("conduit_publish_in_flight", front_door="http")
+    cancelled = sample("conduit_publish_requests_total", front_door="http", outcome="cancelled")
+    responses: list[object] = []
+
+    # An END cannot start without awaiting, so start_publish returns a task for it.
+    task = start_publish(publisher, request, responses.append)
+    assert isinstance(task, asyncio.Task)
+    # What PublishHttpServer.stop does to a task that the loop has not run yet.
+    task.cancel()
+    await asyncio.wait([task], timeout=WAIT_TIMEOUT_S)
+    await broker.close()
+
+    assert task.cancelled()
+    assert responses == []
+    assert sample("conduit_publish_in_flight", front_door="http") == in_flight
+    assert sample("conduit_publish_requests_total", front_door="http", outcome="cancelled") == cancelled + 1
+
+
+async def test_awaited_publish_cancelled_while_appending_counted_once(
+    redis_url: str, broker: Broker, raw: redis.asyncio.Redis
+) -> None:
+    settings = make_settings(redis_url)
+    assert settings.publish_jwt is not None
+    publisher = Publisher(broker, TokenVerifier(settings.publish_jwt), max_message_bytes=MAX_MESSAGE_BYTES)
+    request = parsed_end_publish()
+    in_flight = sample("conduit_publish_in_flight", front_door="http")
+    cancelled = sample("conduit_publish_requests_total", front_door="http", outcome="cancelled")
+    responses: list[object] = []
+    await raw.client_pause(PAUSE_MS, all=False)
+
+    task = start_publish(publisher, request, responses.append)
+    assert isinstance(task, asyncio.Task)
+    await wait_until_postponed(raw, 1)
+    task.cancel()
+    await asyncio.wait([task], timeout=WAIT_TIMEOUT_S)
+
+    assert task.cancelled()
+    assert responses == []
+    assert sample("conduit_publish_in_flight", front_door="http") == in_flight
+    assert sample("conduit_publish_requests_total", front_door="http", outcome="cancelled") == cancelled + 1
