@@ -54,9 +54,16 @@ class InstrumentedBroker(Broker):
             self._append_duration.observe(perf_counter() - started)
 
     def append_nowait(self, stream: str, data: bytes, *, message_id: str | None = None) -> asyncio.Future[str] | None:
-        future = self.inner.append_nowait(stream, data, message_id=message_id)
+        started = perf_counter()
+        try:
+            future = self.inner.append_nowait(stream, data, message_id=message_id)
+        except BrokerUnavailable:
+            # ``append`` counts a closed broker as an error too, so both paths report it alike.
+            self._append_errors.count += 1
+            self._append_duration.observe(perf_counter() - started)
+            raise
         if future is not None:
-            future.add_done_callback(functools.partial(self._record_append, perf_counter()))
+            future.add_done_callback(functools.partial(self._record_append, started))
         return future
 
     def _record_append(self, started: float, future: asyncio.Future[str]) -> None:

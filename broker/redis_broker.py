@@ -688,12 +688,15 @@ async def _request(connection: Any, command: list[bytes]) -> Any:
 
 
 def _copy_outcome(target: asyncio.Future[str], source: asyncio.Task[str]) -> None:
+    if source.cancelled():
+        error: BaseException | None = broker_closed()
+    else:
+        # Read even when the caller has cancelled ``target``, so that asyncio does not log it as never retrieved.
+        error = source.exception()
     if target.done():
         return
-    if source.cancelled():
-        target.set_exception(broker_closed())
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
+    if error is not None:
+        target.set_exception(error)
     else:
         target.set_result(source.result())
 

@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 from collections import deque
-from collections.abc import Coroutine
 from typing import Any
 
 import httptools
@@ -400,7 +399,7 @@ class PublishHttpProtocol(asyncio.Protocol):
             return
         self._cancel_body_timer()
         self._active_started = True
-        work: Coroutine[Any, Any, None]
+        task: asyncio.Task[None]
         if request.publish_ids is not None and request.complete:
             started = start_publish(self._context.publisher, request, functools.partial(self._respond_publish, request))
             if started is None:
@@ -409,10 +408,9 @@ class PublishHttpProtocol(asyncio.Protocol):
                 # Sent from the next loop pass, because this may run inside a parser callback.
                 self._loop.call_soon(self._respond_publish, request, started)
                 return
-            work = started
+            task = started
         else:
-            work = self._answer(request)
-        task = self._loop.create_task(work)
+            task = self._loop.create_task(self._answer(request))
         self._context.tasks.add(task)
         task.add_done_callback(self._context.tasks.discard)
 

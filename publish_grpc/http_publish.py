@@ -11,17 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
-from conduit.errors import (
-    HTTP_STATUS,
-    BrokerUnavailable,
-    ConduitError,
-    InvalidArgument,
-    PayloadTooLarge,
-    RateLimited,
-)
+from conduit.errors import HTTP_STATUS, ConduitError, InvalidArgument, PayloadTooLarge, RateLimited
 from publish_grpc.http_request import HttpRequest
 from publish_grpc.observe import PublishAttempt
 from publish_grpc.publisher import Publisher
@@ -51,15 +43,17 @@ async def serve_publish(publisher: Publisher, request: HttpRequest, body_read_ti
 
 def start_publish(
     publisher: Publisher, request: HttpRequest, respond: Callable[[PublishResponse], None]
-) -> PublishResponse | Coroutine[Any, Any, None] | None:
+) -> PublishResponse | asyncio.Task[None] | None:
     """Start the publish of ``request``, whose body has fully arrived, without awaiting.
 
     Returns the response of a request rejected by its checks. Returns None
     after queueing the append with ``Publisher.append_nowait``: ``respond``
-    gets the response once the broker has replied. Returns a coroutine that
-    awaits the append and then calls ``respond``, for the caller to run as a
-    task, when the append cannot start at once (an END, a stream that needs
-    tracking, Redis Cluster). This path saves a task and a chain of coroutines per publish.
+    gets the response once the broker has replied. Returns a task that
+    awaits the append and then calls ``respond`` when the append cannot
+    start at once (an END, a stream that needs tracking, Redis Cluster).
+    Cancelling the task, even before it first runs, records the publish as
+    cancelled and sends no response. This path saves a task and a chain of
+    coroutines per publish.
     """
     attempt = publisher.attempt("http")
     attempt.start()
@@ -71,8 +65,11 @@ def start_publish(
         attempt.finish(error)
         return _failure_response(error)
     if entry_id is None:
-        return _append_then_respond(publisher, attempt, publish, respond)
-    entry_id.add_done_callback(functools.partial(_respond_appended, attempt, respond))
+        task = asyncio.get_running_loop().create_task(_append_then_respond(publisher, attempt, publish, respond))
+        # A task cancelled before its first step never runs its coroutine, so the callback records the cancel.
+        task.add_done_callback(functools.partial(_finish_if_cancelled, attempt))
+        return task
+    entry_id.add_done_callback(functools.partial(_respond_appended, publisher, attempt, respond))
     return None
 
 
@@ -81,22 +78,29 @@ async def _append_then_respond(
 ) -> None:
     try:
         entry_id = await publisher.append(publish)
-    except BaseException as error:
+    except Exception as error:
         attempt.finish(error)
-        if isinstance(error, Exception):
-            respond(_failure_response(error))
-            return
-        raise
+        respond(_failure_response(error))
+        return
     attempt.finish(None)
     respond(_text_response(200, b"", entry_id.encode()))
 
 
+def _finish_if_cancelled(attempt: PublishAttempt, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        attempt.finish(asyncio.CancelledError())
+
+
 def _respond_appended(
-    attempt: PublishAttempt, respond: Callable[[PublishResponse], None], entry_id: asyncio.Future[str]
+    publisher: Publisher,
+    attempt: PublishAttempt,
+    respond: Callable[[PublishResponse], None],
+    entry_id: asyncio.Future[str],
 ) -> None:
     error: BaseException | None
     if entry_id.cancelled():
-        error = BrokerUnavailable("append was cancelled before the broker replied; the message may or may not be stored")
+        # Only the publisher's append deadline cancels this future.
+        error = publisher.append_timeout_error()
     else:
         error = entry_id.exception()
     attempt.finish(error)

@@ -6,6 +6,7 @@ import asyncio
 
 from broker.base import AppendManyResult, Broker, NewEntry
 from conduit.errors import BrokerUnavailable
+from publish_grpc.append_deadlines import AppendDeadlines
 from publish_grpc.auth import TokenVerifier
 from publish_grpc.observe import FrontDoor, PublishAttempt
 from publish_grpc.validation import PathIds, ValidatedPublish, check_request, decode_request
@@ -31,6 +32,7 @@ class Publisher:
         self.max_message_bytes = max_message_bytes
         self._verifier = verifier
         self._append_timeout_s = append_timeout_s
+        self._append_deadlines = AppendDeadlines(append_timeout_s)
 
     def attempt(self, front_door: FrontDoor) -> PublishAttempt:
         """Return the context manager that records one publish's metrics and rejection log."""
@@ -73,21 +75,32 @@ class Publisher:
                     publish.stream_key, publish.data, end=publish.end, message_id=publish.message_id
                 )
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
-            ) from None
+            raise self.append_timeout_error() from None
 
     def append_nowait(self, publish: ValidatedPublish) -> asyncio.Future[str] | None:
         """Start the append of a validated publish without awaiting, or return None when ``append`` must run.
 
-        The future resolves as ``append`` would. An END takes ``append``,
-        because the broker untracks its stream after storing it. The future
-        has no deadline of its own: the broker's batch exchanges ahead of it
-        are each bounded by the Redis client's socket timeout.
+        The future resolves as ``append`` would, except that it is cancelled
+        when the append deadline passes first, where ``append`` raises
+        ``append_timeout_error()``. The cancel comes up to a tenth of the
+        timeout late, plus any delay of the event loop (``AppendDeadlines``).
+        An END takes ``append``, because the broker untracks its stream after
+        storing it.
         """
         if publish.end:
             return None
-        return self.broker.append_nowait(publish.stream_key, publish.data, message_id=publish.message_id)
+        future = self.broker.append_nowait(publish.stream_key, publish.data, message_id=publish.message_id)
+        if future is not None and not future.done():
+            # The broker bounds each batch by its socket timeout, but an append may wait for
+            # a batch ahead of it, a script reload or a retracking, which together can take longer.
+            self._append_deadlines.watch(future)
+        return future
+
+    def append_timeout_error(self) -> BrokerUnavailable:
+        """Build the error for an append that missed the append deadline, as ``append`` raises it."""
+        return BrokerUnavailable(
+            f"broker timed out after {self._append_timeout_s:g} s; the message may or may not be stored"
+        )
 
     def validate(self, attempt: PublishAttempt, data: bytes, *, path: PathIds | None = None) -> ValidatedPublish:
         """Decode and check ``data`` without awaiting, noting the ids on ``attempt``; raise what ``publish`` would."""

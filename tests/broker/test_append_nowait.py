@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 
 import pytest
@@ -114,3 +115,38 @@ async def test_append_nowait_after_close_raises(backend: Backend) -> None:
 
     with pytest.raises(BrokerUnavailable, match="broker is closed"):
         broker.append_nowait(stream, b"too late")
+
+
+async def test_append_nowait_cancelled_while_retracking(
+    redis_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = redis_backend.make(rate_limit=2, rate_window_s=60)
+    raw = redis_backend.raw
+    assert raw is not None
+    stream = new_stream()
+    await broker.append(stream, b"uses one of two", end=False)
+    await raw.delete(stream)
+    first = broker.append_nowait(stream, b"tracks it again")
+    second = broker.append_nowait(stream, b"then over the limit")
+    assert first is not None and second is not None
+    retracking: list[asyncio.Task[str]] = []
+
+    class CancelOnSecondTask(set):
+        """Cancels ``second`` as soon as its retracking task starts: what a caller's asyncio.wait_for does on time-out."""
+
+        def add(self, task: asyncio.Task[str]) -> None:
+            super().add(task)
+            retracking.append(task)
+            if len(retracking) == 2:
+                second.cancel()
+
+    broker.inner._retracking_tasks = CancelOnSecondTask()  # type: ignore[attr-defined]
+
+    await settle(first)
+    await asyncio.wait(retracking, timeout=SETTLE_TIMEOUT_S)
+    retracking.clear()
+    gc.collect()
+
+    # The second append was over the limit, and its RateLimited has no future left to go to.
+    assert await raw.xlen(stream) == 1
+    assert [record.getMessage() for record in caplog.records if "never retrieved" in record.getMessage()] == []

@@ -49,3 +49,16 @@ async def test_instrumented_memory_read_group_forwards() -> None:
 
     assert broker.read_group("stream:1:instrumented") == ""
     await broker.close()
+
+
+async def test_instrumented_append_nowait_closed_counts_error() -> None:
+    broker = create_broker(BrokerSettings())
+    await broker.close()
+    errors = _sample("conduit_broker_errors_total", "append")
+    appends = _sample("conduit_broker_duration_seconds_count", "append")
+
+    with pytest.raises(BrokerUnavailable, match="broker is closed"):
+        broker.append_nowait("stream:1:instrumented", b"data")
+
+    assert _sample("conduit_broker_errors_total", "append") == errors + 1
+    assert _sample("conduit_broker_duration_seconds_count", "append") == appends + 1
