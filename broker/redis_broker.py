@@ -26,14 +26,15 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from broker.base import AppendManyResult, Broker, Entry, NewEntry, StreamInfo
 from broker.cursors import ReadCursors
 from broker.errors import broker_closed, rate_limited, redis_errors_as_unavailable
 from broker.ids import check_read_request, format_entry_id
 from broker.keys import all_tracking_keys, dedup_key, rate_limit_key, stream_log_fields, tracking_key
-from broker.redis_evalsha import batch_connection, run_evalsha_batch_on
+from broker.redis_evalsha import run_evalsha_batch_on
+from broker.redis_exchange import exchange, owned_connection
 from broker.redis_xread import EncodedStreams, data_field, entries_of_reply
 from conduit.errors import BrokerUnavailable
 from conduit.settings import BrokerSettings
@@ -56,6 +57,8 @@ deleting a stream, so any value is safe. One well below the cleanup idle time
 # Streams remembered as tracked, per process. Past this the oldest is forgotten
 # and simply tracked again on its next publish.
 _MAX_RECENTLY_TRACKED = 65_536
+# Idle XREAD connections kept per broker: one per reader that reads at the same time.
+_MAX_IDLE_READ_CONNECTIONS = 4
 # Maximum appends per batch. A batch is one write and one read.
 _MAX_APPEND_BATCH = 64
 # How long the append batch task waits for the next append before it ends.
@@ -136,6 +139,9 @@ class RedisBroker(Broker):
         self._retracking_tasks: set[asyncio.Task[str]] = set()
         # Set while the batch task waits for appends. An append resolves it to wake the task.
         self._append_wakeup: asyncio.Future[None] | None = None
+        # Connections of finished XREADs on a single Redis, kept for the next read (see _xread).
+        self._read_connections: list[Connection] = []
+        self._read_timeout_s: float | None = None
         # Deadlines of the reads in progress, which close() moves to now.
         self._read_deadlines: set[asyncio.Timeout] = set()
         self._reported_foreign_entries: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -420,6 +426,9 @@ class RedisBroker(Broker):
         loop = asyncio.get_running_loop()
         for deadline in list(self._read_deadlines):
             deadline.reschedule(loop.time())
+        for connection in self._read_connections:
+            await connection.disconnect()
+        self._read_connections.clear()
         with redis_errors_as_unavailable("close"):
             await self._client.aclose()
 
@@ -462,7 +471,7 @@ class RedisBroker(Broker):
         The task outlives a batch because starting a task for every batch
         costs a task and an event-loop pass, and under load most batches find
         the list empty when their replies arrive. It keeps one connection of
-        its own (``batch_connection``) from its first batch until it ends,
+        its own (``owned_connection``) from its first batch until it ends,
         after the idle time or when close() cancels it.
         """
         loop = asyncio.get_running_loop()
@@ -482,7 +491,7 @@ class RedisBroker(Broker):
                     continue
                 try:
                     if connection is None:
-                        connection, timeout_s = batch_connection(self._client)
+                        connection, timeout_s = owned_connection(self._client)
                     replies = await self._execute_appends(connection, batch, timeout_s)
                 except Exception as error:
                     replies = [error] * len(batch)
@@ -632,20 +641,38 @@ class RedisBroker(Broker):
 
         The cluster client routes the command by its keys and follows
         redirects, so it gets the arguments. A single Redis gets the packed
-        command on a pooled connection. A failed or cancelled call disconnects
-        that connection, as redis-py does for its own commands.
+        command on a connection of the broker's own (``owned_connection``),
+        kept between reads: a gateway's reader issues one XREAD after
+        another, and a pool checkout with redis-py's timeouts cost more than
+        the read's own work. A failed or cancelled read disconnects that
+        connection, as redis-py does for its own commands.
         """
         if self._cluster is not None:
             return await self._cluster.execute_command(*encoded.arguments(count, block))
         command = encoded.packed_command(count, block)
-        pool = self._client.connection_pool
-        connection = await pool.get_connection()
+        if self._read_connections:
+            connection = self._read_connections.pop()
+            timeout_s = self._read_timeout_s
+        else:
+            connection, timeout_s = self._new_read_connection()
         try:
-            return await connection.retry.call_with_retry(
-                lambda: _request(connection, command), lambda _error: connection.disconnect()
+            # The socket timeout is above max_block_ms (see __init__), so it also bounds a blocked XREAD.
+            (reply,) = await connection.retry.call_with_retry(
+                lambda: exchange(connection, command, 1, timeout_s), lambda _error: connection.disconnect()
             )
         finally:
-            await pool.release(connection)
+            if self._closed or len(self._read_connections) >= _MAX_IDLE_READ_CONNECTIONS:
+                await connection.disconnect()
+            else:
+                self._read_connections.append(connection)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def _new_read_connection(self) -> tuple[Connection, float | None]:
+        connection, timeout_s = owned_connection(self._client)
+        self._read_timeout_s = timeout_s
+        return connection, timeout_s
 
     def _entries_by_stream(self, reply: Any) -> tuple[dict[str, list[Entry]], dict[str, str]]:
         """Return the entries of a multi-stream XREAD reply by stream, and the last id read of each stream."""
@@ -680,11 +707,6 @@ class RedisBroker(Broker):
             "skipped stream entry without a data field",
             extra={**stream_log_fields(stream), "entry_id": entry_id},
         )
-
-
-async def _request(connection: Any, command: list[bytes]) -> Any:
-    await connection.send_packed_command(command)
-    return await connection.read_response()
 
 
 def _copy_outcome(target: asyncio.Future[str], source: asyncio.Task[str]) -> None:
