@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from litestar import Litestar, Request, Response, get
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 from litestar.datastructures import Headers
 from litestar.types import ControllerRouterHandler, Receive, Scope, Send
 
@@ -42,7 +42,7 @@ from gateway_http.deadlines import Deadlines
 from gateway_http.drain import Drain
 from gateway_http.feed import Feed
 from gateway_http.limits import ConnectionLimiter, token_digest
-from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id
+from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id, parse_query
 from gateway_http.sse import KEEPALIVE_INTERVAL_S, SEND_TIMEOUT_S, SseStream
 
 __all__ = ["create_app"]
@@ -84,17 +84,13 @@ def create_app(
     send_deadlines = Deadlines()
 
     @get("/events/{org_id:str}", include_in_schema=False)
-    async def events(
-        request: Request[object, object, object],
-        org_id: FromPath[str],
-        token: FromQuery[str | None] = None,
-        channel_id: FromQuery[str | None] = None,
-        last_event_id: FromQuery[str | None] = None,
-    ) -> _StreamHandoff:
+    async def events(request: Request[object, object, object], org_id: FromPath[str]) -> _StreamHandoff:
+        query = parse_query(request.scope["query_string"])
+        token = query.get("token")
         org = parse_org_id(org_id)
-        channel = parse_channel_id(channel_id)
+        channel = parse_channel_id(query.get("channel_id"))
         header_after_id = parse_last_event_id(request.headers.get("last-event-id"))
-        query_after_id = parse_last_event_id(last_event_id)
+        query_after_id = parse_last_event_id(query.get("last_event_id"))
 
         verifier.authorize(token, org_id=org, channel_id=channel)
 
@@ -173,6 +169,8 @@ class _GatewayApp(Litestar):
             for key in set(state) - state_keys:
                 del state[key]
             del scope_keys, state_keys, state
+            # The query carries the token, which the open stream no longer needs.
+            scope["query_string"] = b""
             await stream.serve(scope, receive, send, extra_headers=extra_headers)
 
 
@@ -209,7 +207,7 @@ def _request_ids(request: Request[object, object, object]) -> dict[str, object]:
     with contextlib.suppress(InvalidArgument):
         ids["org_id"] = parse_org_id(str(request.path_params.get("org_id", "")))
     with contextlib.suppress(InvalidArgument):
-        ids["channel_id"] = parse_channel_id(request.query_params.get("channel_id"))
+        ids["channel_id"] = parse_channel_id(parse_query(request.scope.get("query_string", b"")).get("channel_id"))
     return ids
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from gateway_http.events import SseEvent
 from gateway_http.metrics import EVENTS_SENT
 
-__all__ = ["uvicorn_cycle", "write_live"]
+__all__ = ["release_request_url", "uvicorn_cycle", "write_live"]
 
 try:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _HttptoolsCycle
@@ -97,6 +97,20 @@ def uvicorn_cycle(send: object) -> Any | None:
     if _HttptoolsCycle is None or type(cycle) is not _HttptoolsCycle:
         return None
     return cycle
+
+
+def release_request_url(cycle: Any) -> None:
+    """Drop the request URL that uvicorn's protocol keeps until the connection's next request.
+
+    A stream stays open for as long as its subscriber watches, and its URL
+    carries the subscriber's token, about 0.7 KB that the stream no longer
+    needs. Does nothing where the transport or protocol lacks what uvicorn
+    0.55 on uvloop or asyncio has (``get_protocol``, a bytes ``url``).
+    """
+    get_protocol = getattr(getattr(cycle, "transport", None), "get_protocol", None)
+    protocol = get_protocol() if get_protocol is not None else None
+    if isinstance(getattr(protocol, "url", None), bytes):
+        protocol.url = b""
 
 
 def write_live(cycle: Any, batch: list[SseEvent]) -> bool:

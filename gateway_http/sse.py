@@ -41,7 +41,7 @@ from litestar.types import Receive, Scope, Send
 
 from conduit.errors import BrokerUnavailable
 from gateway_http.deadlines import Deadlines
-from gateway_http.direct_write import uvicorn_cycle, write_live
+from gateway_http.direct_write import release_request_url, uvicorn_cycle, write_live
 from gateway_http.drain import Drain
 from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, SseEvent, control_frame, error_frame
 from gateway_http.feed import Feed, SubscriberLagging
@@ -118,6 +118,8 @@ class _Connection:
     def __init__(self, send: Send, deadlines: Deadlines, timeout_s: float, headers: list[tuple[bytes, bytes]]) -> None:
         self._send = send
         self._direct = uvicorn_cycle(send)
+        if self._direct is not None:
+            release_request_url(self._direct)
         self._headers = headers
         self._deadlines = deadlines
         self._timeout_s = timeout_s

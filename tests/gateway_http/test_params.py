@@ -1,11 +1,11 @@
-"""Parsing of the subscribe request's org_id, channel_id and Last-Event-ID."""
+"""Parsing of the subscribe request's query string, org_id, channel_id and Last-Event-ID."""
 
 from __future__ import annotations
 
 import pytest
 
 from conduit.errors import InvalidArgument
-from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id
+from gateway_http.params import parse_channel_id, parse_last_event_id, parse_org_id, parse_query
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("0", 0), ("123", 123), ("007", 7), (str(2**64 - 1), 2**64 - 1)])
@@ -64,3 +64,18 @@ def test_parse_last_event_id_valid(raw: str | None, expected: str | None) -> Non
 def test_parse_last_event_id_invalid(raw: str) -> None:
     with pytest.raises(InvalidArgument, match="Last-Event-ID must be a stream entry id"):
         parse_last_event_id(raw)
+
+
+@pytest.mark.parametrize(
+    ("query_string", "expected"),
+    [
+        (b"", {}),
+        (b"channel_id=a&token=t", {"channel_id": "a", "token": "t"}),
+        (b"token=first&token=last", {"token": "last"}),
+        (b"token=&channel_id", {"token": "", "channel_id": ""}),
+        (b"token=a%2Bb+c", {"token": "a+b c"}),
+    ],
+    ids=["empty", "two-names", "repeated-last-wins", "blank-values", "percent-and-plus"],
+)
+def test_parse_query_values(query_string: bytes, expected: dict[str, str]) -> None:
+    assert parse_query(query_string) == expected
