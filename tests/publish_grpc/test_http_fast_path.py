@@ -129,6 +129,20 @@ async def track(connection: RawConnection, channel_id: str) -> None:
     assert (await connection.read_response()).status_line == b"HTTP/1.1 200 OK"
 
 
+async def send_postponed_publish(
+    open_raw, server: PublishServer, raw: redis.asyncio.Redis
+) -> tuple[RawConnection, str, bytes]:
+    """Publish on a tracked channel while Redis postpones writes; once its batch waits in Redis, return the connection, channel and body."""
+    connection = await open_raw(server)
+    channel_id = str(uuid.uuid4())
+    await track(connection, channel_id)
+    head, body = publish_message(channel_id)
+    await raw.client_pause(PAUSE_MS, all=False)
+    await connection.send(head + body)
+    await wait_until_postponed(raw, 1)
+    return connection, channel_id, body
+
+
 def reset(connection: RawConnection) -> None:
     """Close the client's socket with a reset, which the server detects at once, unlike a FIN that may be a half-close."""
     sock = connection.writer.get_extra_info("socket")
@@ -235,14 +249,8 @@ async def test_pipelined_fast_and_slow_in_order(open_raw, any_server: PublishSer
 async def test_disconnect_during_fast_append_releases_connection(
     open_raw, logs, server: PublishServer, raw: redis.asyncio.Redis, redis_client: redis.Redis
 ) -> None:
-    connection = await open_raw(server)
-    channel_id = str(uuid.uuid4())
-    await track(connection, channel_id)
-    head, body = publish_message(channel_id)
-    await raw.client_pause(PAUSE_MS, all=False)
+    connection, channel_id, _ = await send_postponed_publish(open_raw, server, raw)
 
-    await connection.send(head + body)
-    await wait_until_postponed(raw, 1)
     reset(connection)
     await wait_until(lambda: not http_context(server).connections, "the connection's release")
     await raw.client_unpause()
@@ -258,13 +266,7 @@ async def test_disconnect_during_fast_append_releases_connection(
 async def test_stop_during_fast_append_ends_within_grace(
     open_raw, server: PublishServer, raw: redis.asyncio.Redis
 ) -> None:
-    connection = await open_raw(server)
-    channel_id = str(uuid.uuid4())
-    await track(connection, channel_id)
-    head, body = publish_message(channel_id)
-    await raw.client_pause(PAUSE_MS, all=False)
-    await connection.send(head + body)
-    await wait_until_postponed(raw, 1)
+    connection, _, _ = await send_postponed_publish(open_raw, server, raw)
 
     # The bound: the grace, one second for the cancelled tasks, one for the transports, and one to spare.
     await asyncio.wait_for(server.stop(grace_s=0.2), 0.2 + 1 + 1 + 1)
@@ -388,13 +390,7 @@ async def test_closed_broker_fast_path_as_awaited(open_raw, any_server: PublishS
 async def test_killed_batch_connection_fast_path_stores_once(
     open_raw, logs, server: PublishServer, raw: redis.asyncio.Redis, redis_client: redis.Redis
 ) -> None:
-    connection = await open_raw(server)
-    channel_id = str(uuid.uuid4())
-    await track(connection, channel_id)
-    head, body = publish_message(channel_id)
-    await raw.client_pause(PAUSE_MS, all=False)
-    await connection.send(head + body)
-    await wait_until_postponed(raw, 1)
+    connection, channel_id, body = await send_postponed_publish(open_raw, server, raw)
 
     # Drops the postponed EVALSHA with its connection; the batch is sent once more on a new one.
     killed = await raw.client_kill_filter(_type="normal", skipme=True)
