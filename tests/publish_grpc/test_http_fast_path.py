@@ -214,7 +214,7 @@ async def test_pipelined_fast_and_slow_in_order(open_raw, any_server: PublishSer
     continue_head, continue_body = publish_message(new, "expect: 100-continue", payload={"step": "continue"})
     last_head, last_body = publish_message(new, payload={"step": "fast 2"})
     health = b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n"
-    # Rejected by its checks on a tracked channel: answered without a broker call.
+    # Rejected by its checks on a tracked channel, so the response comes without a broker call.
     unauthorized = fast_head.replace(b"authorization: Bearer ", b"authorization: Bearer x")
 
     await connection.send(

@@ -423,7 +423,7 @@ async def test_slow_head_closed_by_idle_timeout(redis_url: str, broker: Broker) 
         try:
             closed = await connection.at_eof()
         except ConnectionResetError:
-            # A byte sent after the server closed makes the server's kernel answer with a reset.
+            # A byte sent after the server closed makes the server's kernel send a reset.
             closed = True
         connection.writer.close()
         context = server._context
