@@ -78,11 +78,11 @@ async def open_raw() -> AsyncIterator:
             pass
 
 
-async def wait_until(condition, what: str) -> None:
+async def wait_until(condition, event: str) -> None:
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within the time-out")
+            raise AssertionError(f"{event} did not happen within the time-out")
         await asyncio.sleep(0.01)
 
 

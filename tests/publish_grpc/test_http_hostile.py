@@ -68,6 +68,17 @@ async def start_server(redis_url: str, broker: Broker, **options: float) -> Publ
     return server
 
 
+async def send_filler_until_closed(connection: RawConnection) -> None:
+    """Send 4 KiB pieces of one endless field, at most 200, until the server closes the connection."""
+    for _ in range(200):
+        if connection.writer.is_closing() or connection.reader.at_eof():
+            return
+        try:
+            await connection.send(b"a" * 4096)
+        except ConnectionError:
+            return
+
+
 async def open_raw(port: int) -> RawConnection:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     return RawConnection(reader, writer)
@@ -159,13 +170,7 @@ async def test_endless_trailer_field_400(connect, redis_client: redis.Redis) -> 
     _, head, body = publish_parts("transfer-encoding: chunked")
 
     await connection.send(head + b"%x\r\n%s\r\n0\r\nx-endless: " % (len(body), body))
-    for _ in range(200):
-        if connection.writer.is_closing() or connection.reader.at_eof():
-            break
-        try:
-            await connection.send(b"a" * 4096)
-        except ConnectionError:
-            break
+    await send_filler_until_closed(connection)
     response = await connection.read_response()
 
     assert response.status_line == b"HTTP/1.1 400 Bad Request"
@@ -177,13 +182,7 @@ async def test_endless_chunk_extension_on_health_400(connect) -> None:
     connection = await connect()
 
     await connection.send(b"GET /healthz HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n1;ext=")
-    for _ in range(200):
-        if connection.writer.is_closing() or connection.reader.at_eof():
-            break
-        try:
-            await connection.send(b"a" * 4096)
-        except ConnectionError:
-            break
+    await send_filler_until_closed(connection)
     response = await connection.read_response()
 
     assert response.status_line == b"HTTP/1.1 400 Bad Request"
