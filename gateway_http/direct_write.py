@@ -25,7 +25,7 @@ from typing import Any
 from gateway_http.events import SseEvent
 from gateway_http.metrics import EVENTS_SENT
 
-__all__ = ["release_request_url", "uvicorn_cycle", "write_live"]
+__all__ = ["frame_live", "release_request_url", "streaming_transport", "uvicorn_cycle", "write_live"]
 
 try:
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle as _HttptoolsCycle
@@ -113,21 +113,28 @@ def release_request_url(cycle: Any) -> None:
         protocol.url = b""
 
 
-def write_live(cycle: Any, batch: list[SseEvent]) -> bool:
-    """Write ``batch`` to ``cycle``'s transport now and return True; return False to leave it to the ASGI ``send``.
+def frame_live(batch: list[SseEvent]) -> bytes | None:
+    """Return ``batch`` as the HTTP chunk that ``write_live`` writes; None when ``write_live`` would decline it."""
+    return _live_chunk.chunk(batch)
 
-    Declines a batch with a control event or the END. Also declines any write
-    that uvicorn's ``send`` would not make at once: before the response
-    start, after its end, while flow control pauses writing, after a
-    disconnect, and for a response without chunked encoding. Raises what
-    ``transport.write`` raises. A uvicorn whose response lacks the attributes
-    read here turns the direct path off for the whole process.
+
+def streaming_transport(cycle: Any) -> asyncio.WriteTransport | None:
+    """Return ``cycle``'s transport when ``write_live`` would write to it now; else None.
+
+    The hub writes ``frame_live``'s chunks to this transport itself while it
+    has nothing buffered, which implies that flow control does not pause it.
+    Those writes bypass the ``events_sent`` count here; the hub counts them.
     """
+    return cycle.transport if _streaming(cycle) else None
+
+
+def _streaming(cycle: Any) -> bool:
+    """Return True when uvicorn's ``send`` would write a body chunk to ``cycle``'s transport at once."""
     global _HttptoolsCycle
     if _HttptoolsCycle is None:
         return False
     try:
-        streaming = not (
+        return not (
             cycle.flow.write_paused
             or cycle.disconnected
             or not cycle.response_started
@@ -140,7 +147,19 @@ def write_live(cycle: Any, batch: list[SseEvent]) -> bool:
         logger.warning("uvicorn's response lacks the attributes of 0.55; live events go through ASGI")
         _HttptoolsCycle = None
         return False
-    if not streaming:
+
+
+def write_live(cycle: Any, batch: list[SseEvent]) -> bool:
+    """Write ``batch`` to ``cycle``'s transport now and return True; return False to leave it to the ASGI ``send``.
+
+    Declines a batch with a control event or the END. Also declines any write
+    that uvicorn's ``send`` would not make at once: before the response
+    start, after its end, while flow control pauses writing, after a
+    disconnect, and for a response without chunked encoding. Raises what
+    ``transport.write`` raises. A uvicorn whose response lacks the attributes
+    read here turns the direct path off for the whole process.
+    """
+    if not _streaming(cycle):
         return False
     chunk = _live_chunk.chunk(batch)
     if chunk is None:

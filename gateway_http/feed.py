@@ -9,14 +9,21 @@ implementation (``gateway_http.hub.HubFeed``).
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Callable
 
 from gateway_http.events import SseEvent
 
-__all__ = ["Feed", "LiveSink", "SubscriberLagging", "Subscription"]
+__all__ = ["Feed", "LiveFrame", "LiveSink", "LiveTransport", "SubscriberLagging", "Subscription"]
 
 LiveSink = Callable[[list[SseEvent]], bool]
 """Takes live events straight from the reader, without waking the consumer; returns False to decline them."""
+
+LiveTransport = Callable[[], asyncio.WriteTransport | None]
+"""Returns the transport that takes framed live events as they are, or None while it must not take them."""
+
+LiveFrame = Callable[[list[SseEvent]], bytes | None]
+"""Returns live events as the bytes that a ``LiveTransport``'s transport takes; None for events it must not take."""
 
 
 class SubscriberLagging(Exception):
@@ -44,12 +51,20 @@ class Subscription(abc.ABC):
     async def close(self) -> None:
         """Release what the subscription holds; safe to call more than once and after a failure."""
 
-    def set_sink(self, sink: LiveSink | None) -> None:  # noqa: B027 - optional; the default delivers through next_batch
+    def set_sink(  # noqa: B027 - optional; the default delivers through next_batch
+        self, sink: LiveSink | None, transport: LiveTransport | None = None
+    ) -> None:
         """Offer ``sink`` the live events that arrive while the consumer waits in ``next_batch`` with nothing queued.
 
         Events the sink accepts are delivered and never returned by
         ``next_batch``; declined ones are queued as usual. The sink must not
         block. An implementation may ignore the sink.
+
+        A feed that frames live events (``LiveFrame``) may also ask
+        ``transport`` once per wait and write the framed events to the
+        transport it returns, skipping the sink, while that transport has
+        nothing buffered and is not closing. The caller offers a transport
+        only where such a write sends the same bytes as the sink would.
         """
 
 

@@ -21,7 +21,7 @@ import asyncio
 from broker.base import Broker
 from conduit.errors import BrokerUnavailable
 from gateway_http.deadlines import Deadlines
-from gateway_http.feed import Feed, Subscription
+from gateway_http.feed import Feed, LiveFrame, Subscription
 from gateway_http.hub_reader import Channel, ChannelReader, ReadPolicy
 from gateway_http.hub_subscription import HubSubscription, SubscriptionPolicy
 
@@ -66,7 +66,9 @@ class HubFeed(Feed):
         max_block_ms: int = MAX_BLOCK_MS,
         replay_page: int = REPLAY_PAGE,
         buffer_events: int = SUBSCRIBER_BUFFER_EVENTS,
+        frame_live: LiveFrame | None = None,
     ) -> None:
+        """``frame_live`` frames each live event list once per pass for the transports offered to ``set_sink``."""
         if retry_budget_s < 0:
             raise ValueError(f"retry_budget_s must be at least 0, got {retry_budget_s}")
         for name, value in (
@@ -79,6 +81,7 @@ class HubFeed(Feed):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._broker = broker
+        self._frame_live = frame_live
         self._read_policy = ReadPolicy(read_count, max_block_ms, retry_budget_s)
         self._subscription_policy = SubscriptionPolicy(buffer_events, replay_page, max_stream_len, retry_budget_s)
         self._channels: dict[str, Channel] = {}
@@ -144,7 +147,9 @@ class HubFeed(Feed):
         group = self._broker.read_group(subscription.stream)
         reader = self._readers.get(group)
         if reader is None:
-            reader = self._readers[group] = ChannelReader(self._broker, group, self._read_policy, self._reader_stopped)
+            reader = self._readers[group] = ChannelReader(
+                self._broker, group, self._read_policy, self._reader_stopped, self._frame_live
+            )
         reader.add(channel)
         return last_id
 

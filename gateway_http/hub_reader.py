@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -40,11 +41,15 @@ from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
 from gateway_http.encoding import encode_entries
 from gateway_http.events import SseEvent
+from gateway_http.feed import LiveFrame
+from gateway_http.metrics import EVENTS_SENT
 from gateway_http.retry import RetryBudget
 
 __all__ = ["Channel", "ChannelReader", "LiveSubscriber", "ReadPolicy"]
 
 logger = logging.getLogger(__name__)
+
+_STREAM_SENT = EVENTS_SENT.labels("stream")
 
 # Extra time a blocking read gets beyond its block before it counts as failed.
 _READ_DEADLINE_SLACK_S = 5.0
@@ -53,8 +58,14 @@ _READ_DEADLINE_SLACK_S = 5.0
 class LiveSubscriber(Protocol):
     """The subscriber side of a reader: a queue for events and a way to fail the subscription."""
 
-    def deliver(self, events: list[SseEvent]) -> None:
-        """Take ``events`` in order; must not block."""
+    def deliver(self, events: list[SseEvent], frame: bytes | None, now: float) -> bool:
+        """Take ``events`` in order; must not block.
+
+        ``frame`` is ``events`` framed by the reader's ``LiveFrame``, or None,
+        and ``now`` the ``time.monotonic()`` of the pass. Returns True when
+        the subscriber wrote ``frame`` to its client itself, which the reader
+        then counts in the ``events_sent`` metric.
+        """
 
     def fail(self, error: BrokerUnavailable) -> None:
         """End the subscription with ``error`` after the events already delivered."""
@@ -95,7 +106,14 @@ class ReadPolicy:
 class ChannelReader:
     """Reads the channels of one read group in one task until the last channel leaves."""
 
-    def __init__(self, broker: Broker, group: str, policy: ReadPolicy, on_stopped: Callable[[ChannelReader], None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        group: str,
+        policy: ReadPolicy,
+        on_stopped: Callable[[ChannelReader], None],
+        frame_live: LiveFrame | None = None,
+    ) -> None:
         self.group = group
         self.channels: dict[str, Channel] = {}
         # The position of every channel, kept between reads so that the broker
@@ -104,6 +122,7 @@ class ChannelReader:
         self._broker = broker
         self._policy = policy
         self._on_stopped = on_stopped
+        self._frame_live = frame_live
         self._task: asyncio.Task[None] | None = None
         self._read: asyncio.Task[dict[str, list[Entry]]] | None = None
 
@@ -208,9 +227,14 @@ class ChannelReader:
             events = encode_entries(fresh, stream_log_fields(stream))
             if not events:
                 continue
+            frame = self._frame_live(events) if self._frame_live is not None else None
+            now = time.monotonic()
+            written = 0
             # A subscriber that overflows leaves the set while this loop runs.
             for subscriber in list(channel.subscribers):
-                subscriber.deliver(events)
+                written += subscriber.deliver(events, frame, now)
+            if written:
+                _STREAM_SENT.inc(written * len(events))
 
     def _fail_all(self, error: BrokerUnavailable) -> None:
         logger.warning(

@@ -12,6 +12,7 @@ from broker.base import Broker
 from conduit.http_server import HttpServer
 from conduit.settings import Settings
 from gateway_http.app import create_app
+from gateway_http.direct_write import frame_live
 from gateway_http.drain import Drain
 from gateway_http.feed import Feed
 from gateway_http.hub import BROKER_RETRY_BUDGET_S, SUBSCRIBER_BUFFER_EVENTS, HubFeed
@@ -56,6 +57,7 @@ class GatewayServer:
                 max_stream_len=settings.broker.max_stream_len,
                 retry_budget_s=broker_retry_budget_s,
                 buffer_events=subscriber_buffer_events,
+                frame_live=frame_live,
             )
         self._feed = feed
         self.app: Litestar = create_app(

@@ -41,7 +41,7 @@ from litestar.types import Receive, Scope, Send
 
 from conduit.errors import BrokerUnavailable
 from gateway_http.deadlines import Deadlines
-from gateway_http.direct_write import release_request_url, uvicorn_cycle, write_live
+from gateway_http.direct_write import release_request_url, streaming_transport, uvicorn_cycle, write_live
 from gateway_http.drain import Drain
 from gateway_http.events import KEEPALIVE_FRAME, RETRY_FRAME, SERVER_DRAINING, SseEvent, control_frame, error_frame
 from gateway_http.feed import Feed, SubscriberLagging
@@ -166,6 +166,12 @@ class _Connection:
         self._deadlines.set(self, time.monotonic() + self._timeout_s)
         _SENT["stream"].inc(len(batch))
         return True
+
+    def live_transport(self) -> asyncio.WriteTransport | None:
+        """Return the transport that takes live event chunks as ``write_now`` would write them; None while it does not."""
+        if self._direct is None or self._pending is not None or not self.interruptible or self.stop_reason is not None:
+            return None
+        return streaming_transport(self._direct)
 
     def _pending_done(self, task: asyncio.Task[None]) -> None:
         if self._pending is task:
@@ -369,7 +375,7 @@ class SseStream:
         except BrokerUnavailable as error:
             await connection.frame(error_frame(error.message), "error")
             return "broker unavailable"
-        subscription.set_sink(connection.write_now)
+        subscription.set_sink(connection.write_now, connection.live_transport)
         try:
             while True:
                 try:

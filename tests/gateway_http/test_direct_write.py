@@ -11,7 +11,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from gateway_http import direct_write
-from gateway_http.direct_write import uvicorn_cycle, write_live
+from gateway_http.direct_write import frame_live, streaming_transport, uvicorn_cycle, write_live
 from gateway_http.events import SseEvent, control_event
 
 
@@ -187,3 +187,31 @@ async def test_write_live_off_without_uvicorn_attributes(monkeypatch: pytest.Mon
     assert uvicorn_cycle(cycle.send) is None
     assert not write_live(cycle, [stream_event(2)])
     assert transport.written == b""
+
+
+async def test_streaming_transport_takes_frame_live_chunks() -> None:
+    batch = [stream_event(1), stream_event(2)]
+    direct, direct_transport = await started_cycle()
+    through_write_live, other_transport = await started_cycle()
+
+    transport = streaming_transport(direct)
+    chunk = frame_live(batch)
+    assert transport is direct_transport
+    assert chunk is not None
+    transport.write(chunk)
+    assert write_live(through_write_live, batch)
+
+    assert direct_transport.written == other_transport.written
+    assert frame_live([stream_event(3, is_end=True)]) is None
+
+
+async def test_streaming_transport_none_when_write_live_declines() -> None:
+    paused, _ = await started_cycle()
+    paused.flow.pause_writing()
+    disconnected, _ = await started_cycle()
+    disconnected.disconnected = True
+    not_started, _ = make_cycle()
+
+    assert streaming_transport(paused) is None
+    assert streaming_transport(disconnected) is None
+    assert streaming_transport(not_started) is None
