@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 from broker.base import Entry
+from broker.keys import stream_log_fields
 from gateway_http.events import SseEvent, UndecodableEntry, encode_entry
 from gateway_http.metrics import ENCODED_ENTRIES, SKIPPED_ENTRIES
 
@@ -21,16 +22,16 @@ logger = logging.getLogger(__name__)
 _SKIPPED_LOG_INTERVAL_S = 10.0
 
 
-def encode_entries(entries: Sequence[Entry], log_fields: dict[str, object]) -> list[SseEvent]:
-    """Encode ``entries`` in order, leaving out those that are not forwardable PublishRequests."""
+def encode_entries(entries: Sequence[Entry], stream: str) -> list[SseEvent]:
+    """Encode the entries of ``stream`` in order, leaving out those that are not forwardable PublishRequests."""
+    ENCODED_ENTRIES.inc(len(entries))
     events = []
     for entry in entries:
-        ENCODED_ENTRIES.inc()
         try:
             events.append(encode_entry(entry))
         except UndecodableEntry as error:
             SKIPPED_ENTRIES.inc()
-            _skipped_entry_log.warn(entry_id=entry.id, error=str(error), **log_fields)
+            _skipped_entry_log.warn(entry_id=entry.id, error=str(error), **stream_log_fields(stream))
     return events
 
 

@@ -37,7 +37,6 @@ from typing import Protocol
 from broker.base import Broker, Entry
 from broker.cursors import ReadCursors
 from broker.ids import parse_entry_id
-from broker.keys import stream_log_fields
 from conduit.errors import BrokerUnavailable
 from gateway_http.encoding import encode_entries
 from gateway_http.events import SseEvent
@@ -215,16 +214,19 @@ class ChannelReader:
     def _fan_out(self, found: dict[str, list[Entry]]) -> None:
         for stream, entries in found.items():
             channel = self.channels.get(stream)
-            if channel is None:
+            if channel is None or not entries:
                 continue
             # A channel that closed and opened again during the read may
-            # already be past some of these entries.
+            # already be past some of these entries. Entries come in id order,
+            # so the first one settles the usual case.
             position = parse_entry_id(channel.position)
-            fresh = [entry for entry in entries if parse_entry_id(entry.id) > position]
-            if not fresh:
-                continue
+            fresh = entries
+            if parse_entry_id(entries[0].id) <= position:
+                fresh = [entry for entry in entries if parse_entry_id(entry.id) > position]
+                if not fresh:
+                    continue
             channel.position = self._cursors[stream] = fresh[-1].id
-            events = encode_entries(fresh, stream_log_fields(stream))
+            events = encode_entries(fresh, stream)
             if not events:
                 continue
             frame = self._frame_live(events) if self._frame_live is not None else None

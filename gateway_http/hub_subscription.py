@@ -323,7 +323,7 @@ class HubSubscription(Subscription):
             self._replaying = False
             self._cursor_key = max(self._cursor_key, self._live_from)
 
-        events = encode_entries(before_live, stream_log_fields(self.stream))
+        events = encode_entries(before_live, self.stream)
         return [control_event(ENTRIES_MISSED), *events] if missed else events
 
     async def _entries_were_trimmed(self, first: Entry) -> bool:
