@@ -1,4 +1,4 @@
-"""Hostile clients against a running gateway: raw sockets that read slowly, vanish or stop mid-burst.
+"""Hostile clients against a running gateway: raw sockets that read slowly, vanish, pipeline or stop mid-burst.
 
 Every test checks the stream contract on the wire: each event of the channel
 once, in order, with the END or the drain's control event last, and every
@@ -8,7 +8,9 @@ stream closed once its client is gone.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import socket
 from collections.abc import Callable
 
 import pytest
@@ -17,7 +19,7 @@ from prometheus_client import REGISTRY
 from broker.base import Broker
 from conduit.v1alpha import publish_pb2
 from gateway_http.server import GatewayServer
-from tests.gateway_http.helpers import GatewayFactory, publish, wait_until
+from tests.gateway_http.helpers import ORG_ID, GatewayFactory, publish, wait_until
 from tests.gateway_http.sse_client import RawSseClient
 
 LARGE_BUFFER = 1 << 20
@@ -37,6 +39,19 @@ async def connected(
         await client.connect()
         await client.read_until(lambda client: len(client.sequences()) >= 1)
     return clients
+
+
+async def pipelined_stream(server: GatewayServer, token: str, channel_id: str) -> socket.socket:
+    """Open a stream whose client sends a second request behind the first, as HTTP/1.1 pipelining allows."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", server.port))
+    events = f"GET /events/{ORG_ID}?token={token}&channel_id={channel_id} HTTP/1.1\r\nHost: test\r\n\r\n"
+    health = "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+    await loop.sock_sendall(sock, (events + health).encode())
+    await wait_until(lambda: server.open_stream_count == 1)
+    return sock
 
 
 async def test_burst_to_mixed_readers_exactly_once(
@@ -234,3 +249,46 @@ async def test_vanishing_clients_mid_burst_freed(
     await wait_until(lambda: server.open_stream_count == 0, timeout_s=5)
 
     assert server.feed.subscriber_count(stream) == 0
+
+
+@pytest.mark.parametrize("broker_kind", ["memory"], indirect=True)
+async def test_pipelined_client_gone_while_events_flow(
+    start_gateway: GatewayFactory, broker: Broker, channel_id: str, mint: Callable[..., str]
+) -> None:
+    # uvicorn stops reading a connection that pipelined a request behind the
+    # stream, and reports its close to the pipelined request, not to the stream.
+    server = await start_gateway(keepalive_interval_s=30)
+    token = mint(channel_id)
+    sock = await pipelined_stream(server, token, channel_id)
+    sock.close()
+
+    async with asyncio.timeout(10):
+        for sequence in range(1, 50):
+            await publish(broker, channel_id, sequence=sequence)
+            await asyncio.sleep(0.05)
+            if server.open_stream_count == 0:
+                break
+
+    assert server.open_stream_count == 0
+
+
+@pytest.mark.parametrize("broker_kind", ["memory"], indirect=True)
+async def test_pipelined_client_gone_while_idle(
+    start_gateway: GatewayFactory,
+    broker: Broker,
+    channel_id: str,
+    mint: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway_http.sse")
+    server = await start_gateway(keepalive_interval_s=0.1)
+    token = mint(channel_id)
+    sock = await pipelined_stream(server, token, channel_id)
+    sock.close()
+
+    await wait_until(lambda: server.open_stream_count == 0, timeout_s=5)
+
+    assert server.open_stream_count == 0
+    reasons = [record.__dict__.get("reason") for record in caplog.records if record.getMessage() == "stream closed"]
+    assert reasons == ["client disconnected"]
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
