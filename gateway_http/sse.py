@@ -139,6 +139,8 @@ class _Connection:
         if self._pending is not None or not self.interruptible or self.stop_reason is not None:
             return False
         if self._direct is not None:
+            if self._client_gone():
+                return False
             try:
                 if write_live(self._direct, batch):
                     return True
@@ -241,11 +243,32 @@ class _Connection:
         """Return the send that ``write_now`` started and that still waits for the client, if any."""
         return () if self._pending is None else (self._pending,)
 
+    def _client_gone(self) -> bool:
+        """Return True, and interrupt the stream, when uvicorn's transport of this response is closing.
+
+        uvicorn stops reading a connection that has pipelined a request behind
+        this response, and reports the connection's loss to that request, not
+        to this one. So the stream learns of a client that left after
+        pipelining only here, at its next write, which the transport would drop.
+        """
+        if not self._direct.transport.is_closing():
+            return False
+        # As uvicorn's connection_lost marks the request it reports to, so that
+        # uvicorn neither sends more nor logs this response as incomplete.
+        self._direct.disconnected = True
+        self.interrupt(_CLIENT_DISCONNECTED)
+        return True
+
     async def _call(self, message: dict[str, object]) -> None:
         pending = self._pending
         if pending is not None:
             # Its deadline is set; a failure or cancellation ends the stream here.
             await pending
+        if self._direct is not None and self._client_gone():
+            # The interruption cancels this task here. While the stream closes
+            # it is not interruptible, and the message goes nowhere instead.
+            await asyncio.sleep(0)
+            return
         self._deadlines.set(self, time.monotonic() + self._timeout_s)
         try:
             await self._send(message)  # type: ignore[arg-type]
