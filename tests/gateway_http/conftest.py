@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
+import uvloop
 
 from broker import create_broker
 from broker.base import Broker
@@ -16,6 +18,18 @@ from conduit.settings import BrokerSettings
 from conduit.tokens import generate_rsa_key_pair, mint_subscriber_token
 from gateway_http.server import GatewayServer
 from tests.gateway_http.helpers import AUDIENCE, BROKER_LIMITS, ISSUER, ORG_ID, GatewayFactory, make_settings
+
+# Test files whose tests also run on uvloop, the loop of `conduit serve`. The
+# hub's direct writes depend on a transport's buffered bytes, and uvloop
+# buffers and flushes writes differently from asyncio's own loop.
+_ON_BOTH_LOOPS = frozenset({"test_hub_direct_hostile.py"})
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Return the event loops that ``item`` runs on: asyncio's, and uvloop too for the files above."""
+    if item.path.name in _ON_BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY
 
 from broker.base import Broker
 from conduit.v1alpha import publish_pb2
+from gateway_http import sse
+from gateway_http.events import SseEvent
 from gateway_http.server import GatewayServer
 from tests.gateway_http.helpers import ORG_ID, GatewayFactory, publish, wait_until
 from tests.gateway_http.sse_client import RawSseClient
@@ -121,6 +123,41 @@ async def test_keepalive_only_after_idle_interval(
     assert [frame.event for frame in flowing].count("comment") == 0
     assert client.sequences() == list(range(total + 1))
     assert client.frames[-1].raw == b": keep-alive\n\n"
+
+
+@pytest.mark.parametrize("broker_kind", ["memory"], indirect=True)
+async def test_prompt_readers_take_direct_writes(
+    start_gateway: GatewayFactory,
+    broker: Broker,
+    channel_id: str,
+    mint: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readers that keep up get every live event from the hub's own write, never through the sink."""
+    sink_writes: list[int] = []
+    write_live = sse.write_live
+
+    def counting_write_live(cycle: object, batch: list[SseEvent]) -> bool:
+        sink_writes.append(len(batch))
+        return write_live(cycle, batch)
+
+    monkeypatch.setattr(sse, "write_live", counting_write_live)
+    server = await start_gateway(keepalive_interval_s=30)
+    token = mint(channel_id)
+    await publish(broker, channel_id, sequence=0, phase=publish_pb2.PHASE_START)
+    clients = await connected(server, token, channel_id, [LARGE_BUFFER] * 3)
+    total = 20
+
+    for sequence in range(1, total + 1):
+        await publish(broker, channel_id, sequence=sequence)
+        async with asyncio.timeout(10):
+            for client in clients:
+                await client.read_until(lambda c, expected=sequence: expected in c.sequences())
+
+    for client in clients:
+        client.close()
+        assert client.sequences() == list(range(total + 1))
+    assert sink_writes == []
 
 
 @pytest.mark.parametrize("broker_kind", ["memory"], indirect=True)
