@@ -212,6 +212,11 @@ class ChannelReader:
         return task is not None and task.cancelling() == 0
 
     def _fan_out(self, found: dict[str, list[Entry]]) -> None:
+        now = time.monotonic()
+        # Events that subscribers wrote themselves, counted once per pass: an
+        # increment takes 0.35 µs (prometheus_client, in a loop), and with one
+        # subscriber per channel a pass can hold a thousand channels.
+        written = 0
         for stream, entries in found.items():
             channel = self.channels.get(stream)
             if channel is None or not entries:
@@ -230,13 +235,12 @@ class ChannelReader:
             if not events:
                 continue
             frame = self._frame_live(events) if self._frame_live is not None else None
-            now = time.monotonic()
-            written = 0
             # A subscriber that overflows leaves the set while this loop runs.
             for subscriber in list(channel.subscribers):
-                written += subscriber.deliver(events, frame, now)
-            if written:
-                _STREAM_SENT.inc(written * len(events))
+                if subscriber.deliver(events, frame, now):
+                    written += len(events)
+        if written:
+            _STREAM_SENT.inc(written)
 
     def _fail_all(self, error: BrokerUnavailable) -> None:
         logger.warning(
