@@ -20,10 +20,10 @@ LiveSink = Callable[[list[SseEvent]], bool]
 """Takes live events straight from the reader, without waking the consumer; returns False to decline them."""
 
 LiveTransport = Callable[[], asyncio.WriteTransport | None]
-"""Returns the transport that takes framed live events as they are, or None while it must not take them."""
+"""A callable that returns the transport taking framed live events as they are, or None while it must not."""
 
 LiveFrame = Callable[[list[SseEvent]], bytes | None]
-"""Returns live events as the bytes that a ``LiveTransport``'s transport takes; None for events it must not take."""
+"""A callable that frames live events as a ``LiveTransport``'s transport takes them, or returns None for events it must not take."""
 
 
 class SubscriberLagging(Exception):
