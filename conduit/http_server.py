@@ -47,8 +47,8 @@ def bind_listening_socket(host: str, port: int, *, name: str, port_setting: str 
     """Bind a non-blocking TCP socket to ``host:port`` and listen; raise OSError naming the address.
 
     ``port_setting`` names the variable and flag that choose the port, for
-    example ``GATEWAY_PORT or --gateway-port``, so that the error for a port
-    in use tells the user what to change.
+    example ``GATEWAY_PORT or --gateway-port``. The error for a port in use
+    includes it, so the user knows which setting to change.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP makes asyncio set TCP_NODELAY on each accepted connection. With

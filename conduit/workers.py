@@ -9,10 +9,10 @@ its own, the parent stops the others and exits 1.
 
 The parent resolves a port of 0 once and keeps a bound, not listening socket
 on it while the workers run. So all workers get the same port, and no other
-program takes it between their binds. A fixed port is first bound once
-without SO_REUSEPORT, because SO_REUSEPORT alone would let the workers join
-the listeners of another `serve --workers` of the same user on that port
-instead of failing.
+program takes it between their binds. The parent binds each fixed port once
+without SO_REUSEPORT before forking. With SO_REUSEPORT alone, the workers
+would join the listeners of another `serve --workers` of the same user on
+that port instead of failing.
 """
 
 from __future__ import annotations

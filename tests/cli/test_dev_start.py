@@ -1,4 +1,4 @@
-"""``conduit dev`` start-up on a Redis that does not answer."""
+"""``conduit dev`` start-up on a Redis that does not respond."""
 
 from __future__ import annotations
 

@@ -237,8 +237,8 @@ def test_workers_cleanup_has_no_workers_flag(capsys: pytest.CaptureFixture[str])
     ("publish", "publish_grpc_port", "PUBLISH_GRPC_PORT or --publish-grpc-port"),
 ])
 def test_workers_port_of_other_workers_rejected(role: str, field: str, setting: str) -> None:
-    # Another `serve --workers` listens with SO_REUSEPORT; without the check the
-    # new workers would silently share its port.
+    # This socket plays another `serve --workers` that listens with
+    # SO_REUSEPORT. Without the check, the new workers would share its port.
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         other.bind(("127.0.0.1", 0))
@@ -262,7 +262,7 @@ def test_workers_free_fixed_port_accepted() -> None:
         port = probe.getsockname()[1]
     settings = dataclasses.replace(load_settings("dev", environ={}), host="127.0.0.1", gateway_port=port)
 
-    shared, held = share_ports("gateway", settings)
+    shared, held_sockets = share_ports("gateway", settings)
 
     assert shared.gateway_port == port
-    assert held == []
+    assert held_sockets == []
