@@ -135,6 +135,9 @@ def run_workers(
 
         failed = _wait_for_stop_or_exit(workers, stop_requested)
         if failed is not None:
+            # The sentinel closes while the worker exits, a moment before the
+            # worker can be reaped. Joining first makes exitcode known for the log.
+            failed.join(_POLL_INTERVAL_S)
             logger.error(
                 "worker exited without a stop signal; stopping the others",
                 extra={"role": role, "pid": failed.pid, "exit_status": failed.exitcode},

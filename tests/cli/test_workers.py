@@ -195,6 +195,7 @@ def test_workers_one_killed_stops_all(
     log = supervisor.log_path.read_text()
     assert status == 1, log
     assert "worker exited without a stop signal; stopping the others" in log
+    assert f"pid={pids[0]} exit_status=-9" in log
     assert _wait_gone(pids) == []
 
 
