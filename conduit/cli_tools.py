@@ -34,7 +34,7 @@ from conduit.sdk import (
 )
 from conduit.dev_keys import load_dev_keys
 from conduit.errors import ConfigError
-from conduit.settings import read_pem
+from conduit.settings import pem_path_hint, read_pem
 from conduit.tokens import mint_publisher_token, mint_subscriber_token
 from conduit.v1alpha import publish_pb2
 
@@ -65,7 +65,9 @@ def subscriber_token(environ: Mapping[str, str], state_dir: Path, org_id: int, c
     try:
         load_pem_private_key(pem.encode("ascii"), password=None)
     except (ValueError, TypeError, UnicodeEncodeError):
-        raise ConfigError("GATEWAY_JWT_PRIVATE_KEY is not an unencrypted PEM-encoded RSA private key") from None
+        raise ConfigError(
+            f"GATEWAY_JWT_PRIVATE_KEY is not an unencrypted PEM-encoded RSA private key{pem_path_hint(raw_key)}"
+        ) from None
     return mint_subscriber_token(
         pem,
         issuer=_required(environ, "GATEWAY_JWT_ISSUER"),

@@ -24,7 +24,7 @@ from broker.base import Broker
 from conduit.dev_demo import DemoStreams
 from conduit.dev_keys import DEFAULT_STATE_DIR, DevKeys, dev_keys_path
 from conduit.dev_routes import dev_route_handlers
-from conduit.serve import SHUTDOWN_GRACE_S, create_server
+from conduit.serve import SHUTDOWN_GRACE_S, check_broker_reachable, create_server
 from conduit.settings import JwtSettings, Settings, load_settings
 
 __all__ = ["DEMO_ORG_ID", "DevStack", "dev_settings", "format_banner", "run_dev"]
@@ -166,6 +166,8 @@ class DevStack:
 async def run_dev(settings: Settings, keys: DevKeys, state_dir: Path, stopping: asyncio.Event) -> None:
     """Start the dev stack, print the start-up text to stdout, and stop the stack once ``stopping`` is set."""
     stack = DevStack(settings, keys)
+    if settings.broker.redis_url:
+        await check_broker_reachable(stack.broker)
     await stack.start()
     try:
         sys.stdout.write(format_banner(stack, state_dir))

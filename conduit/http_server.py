@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import socket
@@ -42,8 +43,13 @@ def port_sharing_enabled() -> bool:
     return _port_sharing
 
 
-def bind_listening_socket(host: str, port: int, *, name: str) -> socket.socket:
-    """Bind a non-blocking TCP socket to ``host:port`` and listen; raise OSError naming the address."""
+def bind_listening_socket(host: str, port: int, *, name: str, port_setting: str | None = None) -> socket.socket:
+    """Bind a non-blocking TCP socket to ``host:port`` and listen; raise OSError naming the address.
+
+    ``port_setting`` names the variable and flag that choose the port, for
+    example ``GATEWAY_PORT or --gateway-port``. The error for a port in use
+    includes it, so the user knows which setting to change.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP makes asyncio set TCP_NODELAY on each accepted connection. With
     # protocol 0 it does not, and every response on a reused connection waits
@@ -56,7 +62,10 @@ def bind_listening_socket(host: str, port: int, *, name: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise OSError(f"{name}: cannot bind {host}:{port}: {error.strerror}") from error
+        message = f"{name}: cannot bind {host}:{port}: {error.strerror}"
+        if error.errno == errno.EADDRINUSE and port_setting is not None:
+            message += f"; choose another port with {port_setting}"
+        raise OSError(message) from error
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -96,11 +105,13 @@ class HttpServer:
         port: int,
         *,
         name: str,
+        port_setting: str | None = None,
         shutdown_timeout_s: float = 10,
         access_log: bool = True,
     ) -> None:
         """Configure the server; ``access_log=False`` drops uvicorn's line per request."""
         self.name = name
+        self._port_setting = port_setting
         self._host = host
         self._requested_port = port
         self._config = uvicorn.Config(
@@ -130,7 +141,9 @@ class HttpServer:
 
     async def start(self) -> None:
         """Bind the socket and begin serving in a task that this object owns."""
-        sock = bind_listening_socket(self._host, self._requested_port, name=self.name)
+        sock = bind_listening_socket(
+            self._host, self._requested_port, name=self.name, port_setting=self._port_setting
+        )
         self._socket = sock
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name=f"{self.name}-http")
         logger.info("%s listening", self.name, extra={"host": self._host, "port": self.port})

@@ -107,7 +107,7 @@ async def serve(role: ServeRole, settings: Settings, stopping: asyncio.Event) ->
         if role == "cleanup":
             await _run_cleanup(broker, settings, stopping)
         else:
-            await _run_server(create_server(role, settings, broker), stopping)
+            await _run_server(role, create_server(role, settings, broker), stopping)
     finally:
         await broker.close()
         logger.info("stopped", extra={"role": role})
@@ -130,12 +130,12 @@ async def check_broker_reachable(broker: Broker) -> bool:
     return True
 
 
-async def _run_server(server: Server, stopping: asyncio.Event) -> None:
+async def _run_server(role: ServeRole, server: Server, stopping: asyncio.Event) -> None:
     # stop() also runs after a failed start(), so a half-started server releases its ports.
     try:
         await server.start()
         _freeze_startup_objects()
-        logger.info("started; waiting for SIGTERM or SIGINT")
+        logger.info("started; waiting for SIGTERM or SIGINT", extra={"role": role})
         await stopping.wait()
     finally:
         await server.stop(grace_s=SHUTDOWN_GRACE_S)

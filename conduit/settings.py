@@ -25,6 +25,7 @@ __all__ = [
     "Role",
     "Settings",
     "load_settings",
+    "pem_path_hint",
     "read_pem",
 ]
 
@@ -163,6 +164,17 @@ def read_pem(value: str, name: str) -> str:
     return value.replace("\\n", "\n")
 
 
+def pem_path_hint(value: str) -> str:
+    """Return advice to append to a PEM error when ``value`` looks like a file path, else ``""``.
+
+    A path given without its ``@`` is read as PEM text and fails to parse,
+    which a bare "not a PEM key" message does not explain.
+    """
+    if value.startswith("@") or "-----BEGIN" in value:
+        return ""
+    return "; to read the key from a file, put @ before its path, as in @subscriber.pub"
+
+
 _REQUIRED_BY_ROLE: dict[str, tuple[str, ...]] = {
     "publish": ("REDIS_URL", "PUBLISH_JWT_SECRET", "PUBLISH_JWT_ISSUER", "PUBLISH_JWT_AUDIENCE"),
     "gateway": ("REDIS_URL", "GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE"),
@@ -245,9 +257,10 @@ class _Env:
         return raw
 
     def public_key(self, name: str) -> str:
-        pem = read_pem(self.required(name), name)
+        raw = self.required(name)
+        pem = read_pem(raw, name)
         try:
             load_pem_public_key(pem.encode("ascii"))
         except (ValueError, UnicodeEncodeError, TypeError):
-            raise ConfigError(f"{name} is not a PEM-encoded public key") from None
+            raise ConfigError(f"{name} is not a PEM-encoded public key{pem_path_hint(raw)}") from None
         return pem

@@ -9,12 +9,16 @@ its own, the parent stops the others and exits 1.
 
 The parent resolves a port of 0 once and keeps a bound, not listening socket
 on it while the workers run. So all workers get the same port, and no other
-program takes it between their binds.
+program takes it between their binds. The parent binds each fixed port once
+without SO_REUSEPORT before forking. With SO_REUSEPORT alone, the workers
+would join the listeners of another `serve --workers` of the same user on
+that port instead of failing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -44,31 +48,54 @@ _PORT_FIELDS = {
     "publish": ("publish_port", "publish_grpc_port"),
     "gateway": ("gateway_port",),
 }
+_PORT_SETTINGS = {
+    "publish_port": "PUBLISH_PORT or --publish-port",
+    "publish_grpc_port": "PUBLISH_GRPC_PORT or --publish-grpc-port",
+    "gateway_port": "GATEWAY_PORT or --gateway-port",
+}
 
 
 def share_ports(role: str, settings: Settings) -> tuple[Settings, list[socket.socket]]:
     """Replace each port 0 of ``role`` with a free port and return the sockets that hold them.
 
+    Raise OSError naming the port and its setting when a fixed port is in use.
     The caller closes the sockets once the workers have exited.
     """
     reserved: list[socket.socket] = []
     changes: dict[str, int] = {}
-    for field in _PORT_FIELDS[role]:
-        if getattr(settings, field) != 0:
-            continue
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        try:
-            sock.bind((settings.host, 0))
-        except OSError as error:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    try:
+        for field in _PORT_FIELDS[role]:
+            if getattr(settings, field) != 0:
+                _check_port_free(role, settings.host, getattr(settings, field), family, _PORT_SETTINGS[field])
+                continue
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            reserved.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((settings.host, 0))
+            except OSError as error:
+                raise OSError(f"cannot reserve a port on {settings.host}: {error.strerror}") from error
+            changes[field] = sock.getsockname()[1]
+    except OSError:
+        for sock in reserved:
             sock.close()
-            for other in reserved:
-                other.close()
-            raise OSError(f"cannot reserve a port on {settings.host}: {error.strerror}") from error
-        reserved.append(sock)
-        changes[field] = sock.getsockname()[1]
+        raise
     return dataclasses.replace(settings, **changes), reserved
+
+
+def _check_port_free(role: str, host: str, port: int, family: socket.AddressFamily, setting: str) -> None:
+    """Bind ``host:port`` once without SO_REUSEPORT and release it; raise OSError when it is in use."""
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR as the listeners set it, so that connections in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            message = f"{role}: cannot bind {host}:{port}: {error.strerror}"
+            if error.errno == errno.EADDRINUSE:
+                message += f"; choose another port with {setting}"
+            raise OSError(message) from error
 
 
 def run_workers(
@@ -108,6 +135,9 @@ def run_workers(
 
         failed = _wait_for_stop_or_exit(workers, stop_requested)
         if failed is not None:
+            # The sentinel closes while the worker exits, a moment before the
+            # worker can be reaped. Joining first makes exitcode known for the log.
+            failed.join(_POLL_INTERVAL_S)
             logger.error(
                 "worker exited without a stop signal; stopping the others",
                 extra={"role": role, "pid": failed.pid, "exit_status": failed.exitcode},

@@ -75,6 +75,7 @@ class GatewayServer:
             settings.host,
             settings.gateway_port,
             name="gateway",
+            port_setting="GATEWAY_PORT or --gateway-port",
             shutdown_timeout_s=_HTTP_SHUTDOWN_TIMEOUT_S,
         )
 

@@ -74,7 +74,9 @@ class PublishHttpServer:
             body_read_timeout_s=self._body_read_timeout_s,
             max_head_bytes=self._max_head_bytes,
         )
-        sock = bind_listening_socket(self._host, self._requested_port, name="publish")
+        sock = bind_listening_socket(
+            self._host, self._requested_port, name="publish", port_setting="PUBLISH_PORT or --publish-port"
+        )
         self._context = context
         self._socket = sock
         # A reader callback rather than loop.create_server: on Python 3.11, a

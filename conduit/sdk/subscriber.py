@@ -146,7 +146,7 @@ class Subscriber:
             try:
                 async with self._client.stream("GET", self.url, params=params, headers=headers) as response:
                     if response.status_code != 200:
-                        body = (await response.aread()).decode("utf-8", "replace").strip()
+                        body = _error_detail((await response.aread()).decode("utf-8", "replace").strip())
                         if response.status_code < 500:
                             raise SubscribeFailed(f"HTTP {response.status_code}", body or response.reason_phrase)
                         reason = f"HTTP {response.status_code}: {body}"
@@ -177,6 +177,15 @@ class Subscriber:
             await asyncio.sleep(min(retry_s * failures, _MAX_RETRY_S))
             if self._refresh_token is not None:
                 params["token"] = await asyncio.wait_for(self._refresh_token(), self._connect_timeout_s)
+
+
+def _error_detail(body: str) -> str:
+    """Return the ``detail`` text of the gateway's JSON error body, or the body as it came."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return body
+    return detail if isinstance(detail, str) and detail else body
 
 
 def _is_end(event: SseEvent) -> bool:

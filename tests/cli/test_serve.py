@@ -92,6 +92,22 @@ def test_serve_bad_setting_prints_one_line(
     assert "Traceback" not in captured.err
 
 
+def test_serve_key_path_without_at_suggests_at(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in _VALID_ENV["gateway"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GATEWAY_JWT_PUBLIC_KEY", "/etc/conduit/subscriber.pub")
+
+    status = main(["serve", "gateway"])
+
+    assert status == 2
+    assert capsys.readouterr().err == (
+        "conduit serve: GATEWAY_JWT_PUBLIC_KEY is not a PEM-encoded public key; "
+        "to read the key from a file, put @ before its path, as in @subscriber.pub\n"
+    )
+
+
 def test_serve_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     for name, value in _VALID_ENV["publish"].items():
         monkeypatch.setenv(name, value)

@@ -115,6 +115,35 @@ def test_token_subscribe_bad_private_key_exits_2(
     assert "not a key" not in err
 
 
+def test_token_subscribe_key_path_without_at(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT_PRIVATE_KEY", "subscriber.key")
+    monkeypatch.setenv("GATEWAY_JWT_ISSUER", "backend")
+    monkeypatch.setenv("GATEWAY_JWT_AUDIENCE", "browsers")
+
+    status = main(["token", "subscribe", "--org-id", "3", "--channel-id", CHANNEL_ID, "--state-dir", str(state_dir)])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1
+    assert "GATEWAY_JWT_PRIVATE_KEY is not an unencrypted PEM-encoded RSA private key" in err
+    assert "put @ before its path" in err
+
+
+def test_token_subscribe_bad_pem_has_no_path_hint(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GATEWAY_JWT_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nnot a key\n")
+    monkeypatch.setenv("GATEWAY_JWT_ISSUER", "backend")
+    monkeypatch.setenv("GATEWAY_JWT_AUDIENCE", "browsers")
+
+    status = main(["token", "subscribe", "--org-id", "3", "--channel-id", CHANNEL_ID, "--state-dir", str(state_dir)])
+
+    assert status == 2
+    assert "@" not in capsys.readouterr().err
+
+
 def test_token_without_any_keys_exits_2(state_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["token", "publish", "--state-dir", str(state_dir)])
 

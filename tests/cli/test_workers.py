@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,8 +19,10 @@ import pytest
 
 from conduit.cli import main
 from conduit.sdk import build_request
+from conduit.settings import load_settings
 from conduit.tokens import generate_rsa_key_pair, mint_publisher_token
 from conduit.v1alpha import publish_pb2
+from conduit.workers import share_ports
 from tests.cli.conftest import CONDUIT_VARIABLES
 
 _START_TIMEOUT_S = 20
@@ -191,6 +195,7 @@ def test_workers_one_killed_stops_all(
     log = supervisor.log_path.read_text()
     assert status == 1, log
     assert "worker exited without a stop signal; stopping the others" in log
+    assert f"pid={pids[0]} exit_status=-9" in log
     assert _wait_gone(pids) == []
 
 
@@ -226,3 +231,39 @@ def test_workers_cleanup_has_no_workers_flag(capsys: pytest.CaptureFixture[str])
 
     assert status == 2
     assert "unrecognized arguments: --workers 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("role", "field", "setting"), [
+    ("gateway", "gateway_port", "GATEWAY_PORT or --gateway-port"),
+    ("publish", "publish_grpc_port", "PUBLISH_GRPC_PORT or --publish-grpc-port"),
+])
+def test_workers_port_of_other_workers_rejected(role: str, field: str, setting: str) -> None:
+    # This socket plays another `serve --workers` that listens with
+    # SO_REUSEPORT. Without the check, the new workers would share its port.
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        settings = dataclasses.replace(
+            load_settings("dev", environ={}), host="127.0.0.1", publish_port=0, **{field: port}
+        )
+
+        with pytest.raises(OSError) as raised:
+            share_ports(role, settings)
+
+    message = str(raised.value)
+    assert message.startswith(f"{role}: cannot bind 127.0.0.1:{port}: ")
+    assert message.endswith(f"; choose another port with {setting}")
+
+
+def test_workers_free_fixed_port_accepted() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = dataclasses.replace(load_settings("dev", environ={}), host="127.0.0.1", gateway_port=port)
+
+    shared, held_sockets = share_ports("gateway", settings)
+
+    assert shared.gateway_port == port
+    assert held_sockets == []

@@ -66,6 +66,21 @@ async def test_server_port_taken_raises(redis_url: str, broker: Broker) -> None:
             await server.start()
 
 
+async def test_server_http_port_taken_names_setting(redis_url: str, broker: Broker) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = PublishServer(replace(make_settings(redis_url), publish_port=port), broker)
+
+        with pytest.raises(OSError) as raised:
+            await server.start()
+
+    message = str(raised.value)
+    assert message.startswith(f"publish: cannot bind 127.0.0.1:{port}: ")
+    assert message.endswith("; choose another port with PUBLISH_PORT or --publish-port")
+
+
 async def test_server_without_publisher_secret_raises(redis_url: str, broker: Broker) -> None:
     settings = replace(make_settings(redis_url), publish_jwt=None)
 

@@ -82,6 +82,7 @@ async def test_subscriber_token_for_other_channel_raises_403(service: LocalServi
 
     assert caught.value.status == "HTTP 403"
     assert "org_id" in caught.value.message
+    assert not caught.value.message.startswith("{"), "the message is the gateway's detail, not its JSON body"
 
 
 async def test_subscriber_unreachable_gives_up_after_max_reconnects(channel_id: str) -> None:
