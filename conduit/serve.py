@@ -66,7 +66,9 @@ def stop_on_signals(stopping: asyncio.Event) -> Iterator[None]:
 
 def _on_signal(number: signal.Signals, stopping: asyncio.Event) -> None:
     if stopping.is_set():
-        logger.warning("stop signal received again; shutdown is already in progress", extra={"signal": number.name})
+        # INFO, not WARNING: Ctrl-C on `serve --workers` signals every worker
+        # twice, once from the terminal and once from the parent, on every stop.
+        logger.info("stop signal received again; shutdown is already in progress", extra={"signal": number.name})
         return
     logger.info("stop signal received; shutting down", extra={"signal": number.name})
     stopping.set()

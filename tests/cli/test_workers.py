@@ -42,8 +42,13 @@ class _Supervisor:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
+        # A session of its own, so that a test can signal the whole process group as a terminal does.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "conduit.cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=self._log
+            [sys.executable, "-m", "conduit.cli", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
         )
 
     def wait_for_log(self, pattern: str, count: int) -> list[re.Match[str]]:
@@ -175,6 +180,29 @@ def test_workers_gateway_from_variable_share_port(
     assert statuses == [200] * 6
     assert status == 0, supervisor.log_path.read_text()
     assert _wait_gone(pids) == []
+
+
+def test_workers_ctrl_c_stops_without_warnings(
+    redis_url: str, tmp_path: Path, supervisors: list[tuple[_Supervisor, list[int]]]
+) -> None:
+    supervisor, pids = _start(
+        supervisors,
+        ["serve", "gateway", "--workers", "2", "--host", "127.0.0.1", "--gateway-port", "0"],
+        _child_env({**_GATEWAY_ENV, "REDIS_URL": redis_url}),
+        tmp_path / "gateway.log",
+        2,
+    )
+    supervisor.wait_for_log(r"started; waiting for SIGTERM", 2)
+
+    # Ctrl-C in a terminal: SIGINT reaches the parent and every worker, and the parent adds SIGTERM.
+    os.killpg(supervisor.process.pid, signal.SIGINT)
+    status = supervisor.process.wait(timeout=_STOP_TIMEOUT_S)
+
+    log = supervisor.log_path.read_text()
+    assert status == 0, log
+    assert _wait_gone(pids) == []
+    assert "WARNING" not in log
+    assert log.count("gateway stopped") == 2, log
 
 
 def test_workers_one_killed_stops_all(
