@@ -35,7 +35,7 @@ from conduit.sdk import (
 from conduit.dev_keys import load_dev_keys
 from conduit.errors import ConfigError
 from conduit.settings import pem_path_hint, read_pem
-from conduit.tokens import mint_publisher_token, mint_subscriber_token
+from conduit.tokens import mint_publisher_token, mint_subscriber_token, short_secret_message
 from conduit.v1alpha import publish_pb2
 
 __all__ = ["publisher_token", "run_send", "run_tail", "subscriber_token"]
@@ -47,6 +47,9 @@ def publisher_token(environ: Mapping[str, str], state_dir: Path, ttl_s: int) -> 
     if secret is None:
         _reject_partial_keys(environ, "PUBLISH_JWT_SECRET", ("PUBLISH_JWT_ISSUER", "PUBLISH_JWT_AUDIENCE"))
         return load_dev_keys(state_dir).publisher_token(ttl_s=ttl_s)
+    message = short_secret_message(secret)
+    if message is not None:
+        print(f"warning: {message}", file=sys.stderr)
     return mint_publisher_token(
         secret,
         issuer=_required(environ, "PUBLISH_JWT_ISSUER"),

@@ -7,7 +7,9 @@ messages name what is wrong with the token and never contain the token itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -15,6 +17,7 @@ import jwt
 
 from conduit.errors import Unauthenticated
 from conduit.settings import JwtSettings
+from conduit.tokens import short_secret_message
 
 __all__ = ["CLOCK_SKEW_LEEWAY_S", "DEFAULT_CACHE_SIZE", "TokenVerifier"]
 
@@ -25,6 +28,8 @@ _ALGORITHMS = ["HS256"]
 _REQUIRED_CLAIMS = ["exp", "iss", "aud"]
 _USAGE = "send 'authorization: Bearer <token>'"
 _DETAIL_MAX_CHARS = 120
+
+logger = logging.getLogger(__name__)
 
 
 class TokenVerifier:
@@ -54,6 +59,9 @@ class TokenVerifier:
         self._clock = clock
         self._leeway_s = leeway_s
         self._expiry_by_digest: OrderedDict[bytes, int] = OrderedDict()
+        message = short_secret_message(settings.key)
+        if message is not None:
+            logger.warning(message)
 
     def __repr__(self) -> str:
         return f"TokenVerifier(issuer={self._issuer!r}, audience={self._audience!r}, cached={len(self)})"
@@ -94,15 +102,18 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> dict[str, object]:
         try:
-            return jwt.decode(
-                token,
-                self._secret,
-                algorithms=_ALGORITHMS,
-                issuer=self._issuer,
-                audience=self._audience,
-                leeway=self._leeway_s,
-                options={"require": _REQUIRED_CLAIMS},
-            )
+            with warnings.catch_warnings():
+                # The constructor logged a short secret once. PyJWT would warn again at every cache miss.
+                warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+                return jwt.decode(
+                    token,
+                    self._secret,
+                    algorithms=_ALGORITHMS,
+                    issuer=self._issuer,
+                    audience=self._audience,
+                    leeway=self._leeway_s,
+                    options={"require": _REQUIRED_CLAIMS},
+                )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("token has expired: mint a new one") from None
         except jwt.InvalidSignatureError:

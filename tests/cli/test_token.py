@@ -84,6 +84,24 @@ def test_token_subscribe_from_private_key_file(
     assert claims["channel_id"] == CHANNEL_ID
 
 
+def test_token_publish_short_secret_warns(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PUBLISH_JWT_SECRET", "short-secret")
+    monkeypatch.setenv("PUBLISH_JWT_ISSUER", "backend")
+    monkeypatch.setenv("PUBLISH_JWT_AUDIENCE", "conduit")
+
+    status = main(["token", "publish", "--state-dir", str(state_dir)])
+
+    printed = capsys.readouterr()
+    err = printed.err
+    assert status == 0
+    assert printed.out.strip().count(".") == 2
+    assert "warning: PUBLISH_JWT_SECRET is 12 bytes long, below the 32 bytes" in err
+    assert "short-secret" not in err
+    assert "site-packages" not in err
+
+
 def test_token_publish_missing_issuer_exits_2(
     monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

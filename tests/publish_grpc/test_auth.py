@@ -157,3 +157,26 @@ def test_check_unexpired_allows_leeway(clock: FakeClock) -> None:
     clock.now = exp + 30
     with pytest.raises(Unauthenticated):
         verifier.check_unexpired(exp)
+
+
+def test_verifier_short_secret_logs_length_once(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "short-secret"
+    verifier = TokenVerifier(JwtSettings(key=secret, issuer=ISSUER, audience=AUDIENCE))
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": now + 60}
+    with pytest.warns(jwt.InsecureKeyLengthWarning):
+        token = jwt.encode(claims, secret, algorithm="HS256")
+
+    # pytest turns warnings into errors here, so a PyJWT warning from decode would fail the call.
+    verifier.verify(f"Bearer {token}")
+
+    logged = [record for record in caplog.records if record.levelname == "WARNING"]
+    assert len(logged) == 1
+    assert "PUBLISH_JWT_SECRET is 12 bytes long" in logged[0].getMessage()
+    assert secret not in caplog.text
+
+
+def test_verifier_long_secret_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    TokenVerifier(JwtSettings(key=SECRET, issuer=ISSUER, audience=AUDIENCE))
+
+    assert caplog.records == []
