@@ -276,6 +276,9 @@ class PublishHttpProtocol(asyncio.Protocol):
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
         request.keep_alive = request.http_version != "1.0" and parser.should_keep_alive()
+        if request.http_version == "1.0":
+            # RFC 9110 section 10.1.1: an HTTP/1.0 client does not expect a 100 response.
+            request.expect_continue = False
         route_head(request)
         if parser.should_upgrade():
             # llhttp ends an upgrade request at its head and leaves the bytes after
