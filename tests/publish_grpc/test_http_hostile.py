@@ -273,6 +273,21 @@ async def test_publish_target_forms(connect, redis_client: redis.Redis, log_line
     assert_clean_log(log_lines)
 
 
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+async def test_absolute_target_without_path_404(connect, log_lines, method: bytes) -> None:
+    # RFC 9110 section 4.2.3: an empty path in an http URI is the same as "/".
+    connection = await connect()
+
+    await connection.send(method + b" http://other.example HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+    response = await connection.read_response()
+    await connection.send(b"GET /healthz HTTP/1.1\r\n\r\n")
+    health = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 404 Not Found"
+    assert health.status_line == b"HTTP/1.1 200 OK"
+    assert_clean_log(log_lines)
+
+
 async def test_pipeline_stops_at_bad_request(connect, redis_client: redis.Redis) -> None:
     connection = await connect()
     first_channel, first = publish_bytes()
