@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
 from collections.abc import AsyncIterator
 
@@ -555,6 +556,51 @@ async def test_dropped_connections_leave_nothing(redis_url: str, broker: Broker,
     assert tasks == 0
     assert tasks_after <= tasks_before
     assert sockets_after == 0
+
+
+async def test_descriptors_exhausted_accept_pauses(redis_url: str, broker: Broker, log_lines) -> None:
+    retry_delay_s = 0.5
+    server = await start_server(redis_url, broker, body_read_timeout_s=1, accept_retry_delay_s=retry_delay_s)
+    clients = [socket.socket() for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    soft_limit, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+
+    def accept_failures() -> int:
+        return sum(1 for record in log_lines.records if record.getMessage().startswith("publish HTTP: accept failed"))
+
+    try:
+        # No descriptor from the lowest free one up can be opened, so accept() fails with EMFILE.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard_limit))
+        try:
+            for client in clients:
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", server.port))
+            started = loop.time()
+            async with asyncio.timeout(WAIT_TIMEOUT_S):
+                while accept_failures() == 0:
+                    await asyncio.sleep(0.01)
+            for _ in range(100):
+                await asyncio.sleep(0)
+            failures = accept_failures()
+            elapsed_s = loop.time() - started
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_limit, hard_limit))
+
+        # The queued connections are accepted once descriptors are free again.
+        reader, writer = await asyncio.open_connection(sock=clients[0])
+        writer.write(HEALTH)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_TIMEOUT_S)
+        writer.close()
+    finally:
+        for client in clients:
+            client.close()
+        await server.stop(grace_s=1)
+
+    # One failure per pause: accepting again at every pass of the event loop would log on each.
+    assert failures <= 1 + elapsed_s / retry_delay_s
+    assert response.startswith(b"HTTP/1.1 200 OK")
 
 
 async def test_stop_answers_publish_waiting_for_body(
