@@ -152,6 +152,37 @@ async def test_chunk_extension_and_trailer_published(connect, redis_client: redi
     assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
 
 
+async def test_chunk_framing_not_counted_in_next_head(
+    redis_url: str, broker: Broker, redis_client: redis.Redis
+) -> None:
+    max_head_bytes = 4096
+    server = await start_server(redis_url, broker, body_read_timeout_s=1, max_head_bytes=max_head_bytes)
+    channel_id, head, body = publish_parts("transfer-encoding: chunked", "expect: 100-continue")
+    # One chunk per body byte, each with a 100-byte extension: more framing than a head may have.
+    framing = b"".join(b"1;ext=%s\r\n%s\r\n" % (b"e" * 100, body[index : index + 1]) for index in range(len(body)))
+    assert len(framing) > 2 * max_head_bytes
+    try:
+        connection = await open_raw(server.port)
+        await connection.send(head)
+        # The interim response shows that the head was read, so the framing and the
+        # start of the next head arrive in later reads.
+        interim = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), WAIT_TIMEOUT_S)
+        # The next head begins in the read that ends the framing, and the response to
+        # the publish shows that this read is over before the rest of that head is sent.
+        await connection.send(framing + b"0\r\n\r\n" + HEALTH[:10])
+        published = await connection.read_response()
+        await connection.send(HEALTH[10:])
+        health = await connection.read_response()
+        connection.writer.close()
+    finally:
+        await server.stop(grace_s=1)
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert published.status_line == b"HTTP/1.1 200 OK"
+    assert health.status_line == b"HTTP/1.1 200 OK"
+    assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
+
+
 @pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked"])
 async def test_other_transfer_coding_501(connect, redis_client: redis.Redis, coding: str) -> None:
     connection = await connect()
