@@ -27,23 +27,25 @@ def broker_closed() -> BrokerUnavailable:
 
 
 @functools.cache
-def redis_errors_as_unavailable(action: str) -> _RedisErrorsAsUnavailable:
+def redis_errors_as_unavailable(action: str, consequence: str = "") -> _RedisErrorsAsUnavailable:
     """Return a context manager that raises BrokerUnavailable, chained, for any redis-py or socket error inside it.
 
     The message names ``action`` and the error class only: redis-py messages may
-    carry the server address, which callers should not see. The context
-    manager keeps no state, so one per action serves every call.
+    carry the server address, which callers should not see. A non-empty
+    ``consequence`` follows them after a colon. The context manager keeps no
+    state, so one per action serves every call.
     """
-    return _RedisErrorsAsUnavailable(action)
+    return _RedisErrorsAsUnavailable(action, f": {consequence}" if consequence else "")
 
 
 class _RedisErrorsAsUnavailable:
     # A class rather than @contextmanager: a generator-based one costs about
     # 1.3 µs per use against 0.3 µs (timeit, 2-CPU VM), once on every append.
-    __slots__ = ("_action",)
+    __slots__ = ("_action", "_suffix")
 
-    def __init__(self, action: str) -> None:
+    def __init__(self, action: str, suffix: str) -> None:
         self._action = action
+        self._suffix = suffix
 
     def __enter__(self) -> None:
         return None
@@ -52,5 +54,5 @@ class _RedisErrorsAsUnavailable:
         self, error_type: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> bool:
         if isinstance(error, (RedisError, RedisClusterException, OSError)):
-            raise BrokerUnavailable(f"Redis {self._action} failed ({type(error).__name__})") from error
+            raise BrokerUnavailable(f"Redis {self._action} failed ({type(error).__name__}){self._suffix}") from error
         return False

@@ -73,6 +73,14 @@ _RATE_LIMITED = 0
 _NOT_TRACKED = 3
 # ASCII codes of the digits 0-9, for append_many.lua's flags argument.
 _DIGITS = b"0123456789"
+# Redis may have run an append whose reply timed out or whose connection
+# broke, so the error message includes how to retry without a duplicate.
+_APPEND_ERRORS = redis_errors_as_unavailable(
+    "append", "the message may or may not be stored, so retry it with the same message_id"
+)
+_APPEND_MANY_ERRORS = redis_errors_as_unavailable(
+    "append", "the messages may or may not be stored, so retry them with the same message_ids"
+)
 
 
 def _load_script(name: str) -> str:
@@ -162,7 +170,7 @@ class RedisBroker(Broker):
         self._check_open()
         keys, args = self._append_arguments(stream, data, end=end, message_id=message_id)
 
-        with redis_errors_as_unavailable("append"):
+        with _APPEND_ERRORS:
             tracked_at = self._tracked_at.get(stream)
             skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
             if not skip_tracking:
@@ -209,7 +217,7 @@ class RedisBroker(Broker):
         """Resolve ``append_nowait``'s future from the reply of its batched append.lua, or from the batch's error."""
         if isinstance(reply, Exception):
             try:
-                with redis_errors_as_unavailable("append"):
+                with _APPEND_ERRORS:
                     raise reply
             except Exception as error:
                 # BrokerUnavailable, from the mapping above or from close().
@@ -271,7 +279,7 @@ class RedisBroker(Broker):
             settings.dedup_window_s * 1000,
         ]
 
-        with redis_errors_as_unavailable("append"):
+        with _APPEND_MANY_ERRORS:
             tracked_at = self._tracked_at.get(stream)
             skip_tracking = tracked_at is not None and time.monotonic() - tracked_at < self._tracking_refresh_s
             if not skip_tracking:

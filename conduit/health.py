@@ -17,6 +17,11 @@ __all__ = ["READINESS_TIMEOUT_S", "health_handlers"]
 
 READINESS_TIMEOUT_S = 1.0
 
+# Litestar 2.25 appends "; charset=utf-8" to every text/* media type, and
+# CONTENT_TYPE_LATEST ends with that parameter already. Prometheus 3 fails the
+# scrape of a Content-Type that names a parameter twice.
+_METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
 
 def health_handlers(broker: Broker, *, is_draining: Callable[[], bool] = lambda: False) -> list[HTTPRouteHandler]:
     """Build the three handlers; ``/readyz`` also reports 503 while ``is_draining()`` is true."""
@@ -38,6 +43,6 @@ def health_handlers(broker: Broker, *, is_draining: Callable[[], bool] = lambda:
 
     @get("/metrics", sync_to_thread=False, include_in_schema=False)
     def metrics() -> Response[bytes]:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY), media_type=_METRICS_MEDIA_TYPE)
 
     return [healthz, readyz, metrics]

@@ -148,4 +148,11 @@ def _bearer_token(authorization: str | None) -> str:
 
 
 def _shorten(detail: str) -> str:
+    """Cut PyJWT's message to ``_DETAIL_MAX_CHARS`` and escape its control characters.
+
+    Some messages quote header values of the token, which the client chose,
+    and a line break among them would forge a line in the text log.
+    """
+    if not detail.isprintable():
+        detail = "".join(char if char.isprintable() else repr(char)[1:-1] for char in detail)
     return detail if len(detail) <= _DETAIL_MAX_CHARS else detail[:_DETAIL_MAX_CHARS] + "..."

@@ -82,7 +82,9 @@ def split_target(url: bytes) -> tuple[str, bytes, bytes]:
     Raises UnicodeDecodeError for a path that is not ASCII.
     """
     parsed = httptools.parse_url(url)
-    raw_path = parsed.path
+    # httptools returns no path for an absolute-form target such as
+    # "http://example.com", whose empty path means "/" (RFC 9110 section 4.2.3).
+    raw_path = parsed.path or b"/"
     path = raw_path.decode("ascii")
     if "%" in path:
         path = urllib.parse.unquote(path)

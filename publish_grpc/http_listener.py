@@ -19,7 +19,7 @@ from conduit.http_server import bind_listening_socket
 from publish_grpc.http_protocol import HttpShimContext, PublishHttpProtocol
 from publish_grpc.publisher import Publisher
 
-__all__ = ["IDLE_TIMEOUT_S", "MAX_HEAD_BYTES", "PublishHttpServer"]
+__all__ = ["ACCEPT_RETRY_DELAY_S", "IDLE_TIMEOUT_S", "MAX_HEAD_BYTES", "PublishHttpServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ IDLE_TIMEOUT_S = 5.0
 
 MAX_HEAD_BYTES = 64 * 1024
 """Cap on the request line plus headers of one request; a larger head gets 431 and the connection closes."""
+
+ACCEPT_RETRY_DELAY_S = 1.0
+"""Pause in accepting after the process or the system ran out of file descriptors or buffers. asyncio's own servers (Python 3.11) pause as long."""
 
 
 
@@ -46,6 +49,7 @@ class PublishHttpServer:
         body_read_timeout_s: float,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        accept_retry_delay_s: float = ACCEPT_RETRY_DELAY_S,
     ) -> None:
         self._publisher = publisher
         self._fallback = fallback
@@ -54,6 +58,8 @@ class PublishHttpServer:
         self._body_read_timeout_s = body_read_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._max_head_bytes = max_head_bytes
+        self._accept_retry_delay_s = accept_retry_delay_s
+        self._accept_retry: asyncio.TimerHandle | None = None
         self._context: HttpShimContext | None = None
         self._connecting: set[asyncio.Task[None]] = set()
         self._socket: socket.socket | None = None
@@ -93,6 +99,9 @@ class PublishHttpServer:
             return
         context.stopping = True
         asyncio.get_running_loop().remove_reader(sock)
+        if self._accept_retry is not None:
+            self._accept_retry.cancel()
+            self._accept_retry = None
         sock.close()
         if self._connecting:
             await asyncio.wait(list(self._connecting), timeout=grace_s)
@@ -124,13 +133,31 @@ class PublishHttpServer:
                 connection, _ = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                # The client reset the connection while it was queued; the next one may be fine.
+                continue
             except OSError as error:
-                # For example EMFILE: the connection stays queued and is retried on the next readiness.
-                logger.warning("publish HTTP: accept failed: %s", error)
+                # For example EMFILE or ENOBUFS, which last until a descriptor or buffer
+                # frees up. The listening socket stays readable meanwhile, so accepting
+                # again at once would spin. The connections wait in the backlog instead.
+                logger.warning(
+                    "publish HTTP: accept failed; pausing accepting for %g s: %s", self._accept_retry_delay_s, error
+                )
+                self._pause_accepting(sock, context)
                 return
             task = asyncio.create_task(self._connect(connection, context))
             self._connecting.add(task)
             task.add_done_callback(self._connecting.discard)
+
+    def _pause_accepting(self, sock: socket.socket, context: HttpShimContext) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock)
+        self._accept_retry = loop.call_later(self._accept_retry_delay_s, self._resume_accepting, sock, context)
+
+    def _resume_accepting(self, sock: socket.socket, context: HttpShimContext) -> None:
+        self._accept_retry = None
+        if not context.stopping:
+            asyncio.get_running_loop().add_reader(sock, self._accept_connections, sock, context)
 
     @staticmethod
     async def _connect(connection: socket.socket, context: HttpShimContext) -> None:

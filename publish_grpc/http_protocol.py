@@ -149,6 +149,7 @@ class PublishHttpProtocol(asyncio.Protocol):
             return
         callbacks_before = self._callbacks
         heads_before = self._heads_completed
+        parsing_before = self._parsing
         self._chunk_body_bytes = 0
         self._feeding = True
         try:
@@ -189,9 +190,12 @@ class PublishHttpProtocol(asyncio.Protocol):
         # A head still open counts the bytes of this chunk that were not body,
         # so that a field that never ends cannot grow without bound.
         if self._head_open and heads_before == self._heads_completed:
-            self._open_head_bytes += len(data) - self._chunk_body_bytes
-            if self._open_head_bytes > self._context.max_head_bytes:
-                self._fail_too_large(self._head_too_large_message())
+            # When an earlier request ended in this chunk, its framing and trailer
+            # bytes are in the chunk too, so only the next chunk counts whole.
+            if parsing_before is None or parsing_before is self._parsing:
+                self._open_head_bytes += len(data) - self._chunk_body_bytes
+                if self._open_head_bytes > self._context.max_head_bytes:
+                    self._fail_too_large(self._head_too_large_message())
             return
         # After the head, a chunk in which no callback ran continues one chunk
         # extension or trailer field, which counts towards the same cap. A chunk
@@ -276,6 +280,9 @@ class PublishHttpProtocol(asyncio.Protocol):
         request.method = parser.get_method()
         request.http_version = parser.get_http_version()
         request.keep_alive = request.http_version != "1.0" and parser.should_keep_alive()
+        if request.http_version == "1.0":
+            # RFC 9110 section 10.1.1: an HTTP/1.0 client does not expect a 100 response.
+            request.expect_continue = False
         route_head(request)
         if parser.should_upgrade():
             # llhttp ends an upgrade request at its head and leaves the bytes after

@@ -40,11 +40,15 @@ _UUID_FORM = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 _ACCEPTED_PHASES = (Phase.PHASE_START, Phase.PHASE_DELTA, Phase.PHASE_END, Phase.PHASE_ERROR)
 # Looked up once: each attribute access on a protobuf enum wrapper costs about a microsecond.
 _PHASE_END = Phase.PHASE_END
-# Every number_value in an encoding is the tag byte 0x11 (google.protobuf.Value
-# field 2, wire type 64-bit) and a little-endian IEEE 754 double. NaN and the
+# A number_value is a tag and a little-endian IEEE 754 double. NaN and the
 # infinities have all 11 exponent bits set: the high 4 bits of byte 7 and the
-# low 7 bits of byte 8. Bytes without this pattern hold no such number.
+# low 7 bits of byte 8. The tag (google.protobuf.Value field 2, wire type
+# 64-bit) is the byte 0x11, or an overlong varint that upb (protobuf 7.36) accepts too:
+# 0x91, any number of 0x80, then 0x00. Bytes that match neither pattern hold no
+# such number. Two searches that each start with a literal byte cost less than
+# one pattern with both forms of the tag.
 _NON_FINITE_NUMBER = re.compile(rb"\x11[\x00-\xff]{6}[\xf0-\xff][\x7f\xff]")
+_OVERLONG_TAG_NON_FINITE_NUMBER = re.compile(rb"\x91\x80*\x00[\x00-\xff]{6}[\xf0-\xff][\x7f\xff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,7 @@ def check_request(request: PublishRequest, data: bytes, *, path: PathIds | None 
     message_id = _canonical_uuid(request.message_id, "message_id")
     _check_phase(request.phase)
     # The walk of the payload runs only when the bytes may hold a non-finite number.
-    if _NON_FINITE_NUMBER.search(data):
+    if _NON_FINITE_NUMBER.search(data) or _OVERLONG_TAG_NON_FINITE_NUMBER.search(data):
         _check_payload(request.payload)
 
     # Store what arrived unless an id changed, so the gateway sends the normalised ids.

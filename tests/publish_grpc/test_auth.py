@@ -122,6 +122,23 @@ def test_verify_missing_audience_claim_rejected(verifier: TokenVerifier) -> None
     assert raised.value.message == "token is missing the required 'aud' claim"
 
 
+def test_verify_control_characters_escaped(verifier: TokenVerifier) -> None:
+    # PyJWT quotes a crit header value in its message, which then reaches the log line.
+    token = jwt.encode(
+        {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60},
+        SECRET,
+        algorithm="HS256",
+        headers={"crit": ["\n2026-01-01 ERROR forged\r\x1b[31m"]},
+    )
+
+    with pytest.raises(Unauthenticated) as raised:
+        verifier.verify(f"Bearer {token}")
+
+    assert raised.value.message == (
+        "token is invalid: Unsupported critical extension: \\n2026-01-01 ERROR forged\\r\\x1b[31m"
+    )
+
+
 def test_verifier_repr_hides_secret(verifier: TokenVerifier) -> None:
     verifier.verify(f"Bearer {make_token()}")
 

@@ -349,6 +349,18 @@ async def test_health_endpoints_answer(http: httpx.AsyncClient) -> None:
     assert "conduit_publish_requests_total" in metrics.text
 
 
+async def test_metrics_content_type_parameters_unique(http: httpx.AsyncClient) -> None:
+    # Prometheus parses the media type with Go's mime.ParseMediaType, which
+    # rejects a parameter given twice, and Prometheus 3 then fails the scrape.
+    response = await http.get("/metrics")
+
+    media_type, *parameters = response.headers["content-type"].split(";")
+    names = [parameter.split("=")[0].strip().lower() for parameter in parameters]
+    assert media_type == "text/plain"
+    assert sorted(names) == sorted(set(names))
+    assert "charset" in names
+
+
 async def test_publish_unknown_route_404(http: httpx.AsyncClient) -> None:
     response = await http.post(f"/publish/{ORG_ID}", content=b"", headers={"authorization": bearer()})
 

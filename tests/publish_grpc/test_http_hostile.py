@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
 from collections.abc import AsyncIterator
 
@@ -151,6 +152,37 @@ async def test_chunk_extension_and_trailer_published(connect, redis_client: redi
     assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
 
 
+async def test_chunk_framing_not_counted_in_next_head(
+    redis_url: str, broker: Broker, redis_client: redis.Redis
+) -> None:
+    max_head_bytes = 4096
+    server = await start_server(redis_url, broker, body_read_timeout_s=1, max_head_bytes=max_head_bytes)
+    channel_id, head, body = publish_parts("transfer-encoding: chunked", "expect: 100-continue")
+    # One chunk per body byte, each with a 100-byte extension: more framing than a head may have.
+    framing = b"".join(b"1;ext=%s\r\n%s\r\n" % (b"e" * 100, body[index : index + 1]) for index in range(len(body)))
+    assert len(framing) > 2 * max_head_bytes
+    try:
+        connection = await open_raw(server.port)
+        await connection.send(head)
+        # The interim response shows that the head was read, so the framing and the
+        # start of the next head arrive in later reads.
+        interim = await asyncio.wait_for(connection.reader.readuntil(b"\r\n\r\n"), WAIT_TIMEOUT_S)
+        # The next head begins in the read that ends the framing, and the response to
+        # the publish shows that this read is over before the rest of that head is sent.
+        await connection.send(framing + b"0\r\n\r\n" + HEALTH[:10])
+        published = await connection.read_response()
+        await connection.send(HEALTH[10:])
+        health = await connection.read_response()
+        connection.writer.close()
+    finally:
+        await server.stop(grace_s=1)
+
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert published.status_line == b"HTTP/1.1 200 OK"
+    assert health.status_line == b"HTTP/1.1 200 OK"
+    assert redis_client.xlen(stream_key(ORG_ID, channel_id)) == 1
+
+
 @pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked"])
 async def test_other_transfer_coding_501(connect, redis_client: redis.Redis, coding: str) -> None:
     connection = await connect()
@@ -270,6 +302,21 @@ async def test_publish_target_forms(connect, redis_client: redis.Redis, log_line
     else:
         assert response.status_line == b"HTTP/1.1 404 Not Found"
         assert stream_keys(redis_client) == []
+    assert_clean_log(log_lines)
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+async def test_absolute_target_without_path_404(connect, log_lines, method: bytes) -> None:
+    # RFC 9110 section 4.2.3: an empty path in an http URI is the same as "/".
+    connection = await connect()
+
+    await connection.send(method + b" http://other.example HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+    response = await connection.read_response()
+    await connection.send(b"GET /healthz HTTP/1.1\r\n\r\n")
+    health = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 404 Not Found"
+    assert health.status_line == b"HTTP/1.1 200 OK"
     assert_clean_log(log_lines)
 
 
@@ -540,6 +587,51 @@ async def test_dropped_connections_leave_nothing(redis_url: str, broker: Broker,
     assert tasks == 0
     assert tasks_after <= tasks_before
     assert sockets_after == 0
+
+
+async def test_descriptors_exhausted_accept_pauses(redis_url: str, broker: Broker, log_lines) -> None:
+    retry_delay_s = 0.5
+    server = await start_server(redis_url, broker, body_read_timeout_s=1, accept_retry_delay_s=retry_delay_s)
+    clients = [socket.socket() for _ in range(3)]
+    loop = asyncio.get_running_loop()
+    soft_limit, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+
+    def accept_failures() -> int:
+        return sum(1 for record in log_lines.records if record.getMessage().startswith("publish HTTP: accept failed"))
+
+    try:
+        # No descriptor from the lowest free one up can be opened, so accept() fails with EMFILE.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard_limit))
+        try:
+            for client in clients:
+                client.setblocking(False)
+                client.connect_ex(("127.0.0.1", server.port))
+            started = loop.time()
+            async with asyncio.timeout(WAIT_TIMEOUT_S):
+                while accept_failures() == 0:
+                    await asyncio.sleep(0.01)
+            for _ in range(100):
+                await asyncio.sleep(0)
+            failures = accept_failures()
+            elapsed_s = loop.time() - started
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_limit, hard_limit))
+
+        # The queued connections are accepted once descriptors are free again.
+        reader, writer = await asyncio.open_connection(sock=clients[0])
+        writer.write(HEALTH)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_TIMEOUT_S)
+        writer.close()
+    finally:
+        for client in clients:
+            client.close()
+        await server.stop(grace_s=1)
+
+    # One failure per pause: accepting again at every pass of the event loop would log on each.
+    assert failures <= 1 + elapsed_s / retry_delay_s
+    assert response.startswith(b"HTTP/1.1 200 OK")
 
 
 async def test_stop_answers_publish_waiting_for_body(

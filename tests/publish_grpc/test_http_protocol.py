@@ -232,6 +232,30 @@ async def test_expect_continue_before_body(connect, redis_client: redis.Redis) -
     assert redis_client.xlen(stream_key(ORG_ID, request.channel_id)) == 1
 
 
+async def test_expect_continue_ignored_for_http10(
+    server: PublishServer, connect, redis_client: redis.Redis
+) -> None:
+    # RFC 9110 section 10.1.1: a server must ignore 100-continue in an HTTP/1.0 request.
+    connection = await connect()
+    request = make_request()
+    body = request.SerializeToString()
+
+    await connection.send(
+        publish_head(request.channel_id, f"content-length: {len(body)}", "expect: 100-continue", version="1.0")
+    )
+    async with asyncio.timeout(WAIT_TIMEOUT_S):
+        while not any(
+            http_connection._active is not None and http_connection._active.waiting_for_body
+            for http_connection in server._http._context.connections
+        ):
+            await asyncio.sleep(0.01)
+    await connection.send(body)
+    response = await connection.read_response()
+
+    assert response.status_line == b"HTTP/1.1 200 OK"
+    assert redis_client.xlen(stream_key(ORG_ID, request.channel_id)) == 1
+
+
 async def test_chunked_body_published(connect, redis_client: redis.Redis) -> None:
     connection = await connect()
     request = make_request()

@@ -42,7 +42,10 @@ async def test_publish_broker_closed_port_503(closed_port_server: PublishServer)
 
     assert response.status_code == 503
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
-    assert response.text == "Redis append failed (ConnectionError)"
+    assert response.text == (
+        "Redis append failed (ConnectionError): the message may or may not be stored,"
+        " so retry it with the same message_id"
+    )
     assert readyz.status_code == 503
     assert readyz.json() == {"status": "broker unavailable"}
 
@@ -55,7 +58,10 @@ async def test_publish_broker_closed_port_unavailable(closed_port_server: Publis
             )
 
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert raised.value.details() == "Redis append failed (ConnectionError)"
+    assert raised.value.details() == (
+        "Redis append failed (ConnectionError): the message may or may not be stored,"
+        " so retry it with the same message_id"
+    )
 
 
 async def test_publish_redis_stopped_503_then_recovers(

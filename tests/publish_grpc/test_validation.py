@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 import uuid
 
 import pytest
@@ -179,3 +181,19 @@ def test_validate_nan_bytes_elsewhere_accepted() -> None:
     data = make_request(org_id=ORG_ID, payload={"number": 2.5}).SerializeToString() + unknown_field
 
     assert validate_publish(data, max_message_bytes=MAX_BYTES).org_id == ORG_ID
+
+
+@pytest.mark.parametrize("tag", [b"\x91\x00", b"\x91\x80\x00", b"\x91\x80\x80\x80\x00"], ids=["2-byte", "3-byte", "5-byte"])
+def test_validate_overlong_tag_nan_found(tag: bytes) -> None:
+    # upb decodes a tag written as an overlong varint, so the number_value tag
+    # (17) need not be the single byte 0x11.
+    value = tag + struct.pack("<d", float("nan"))
+    entry = b"\x0a\x01x" + b"\x12" + bytes([len(value)]) + value
+    payload = b"\x0a" + bytes([len(entry)]) + entry
+    data = make_request(org_id=ORG_ID, payload={}).SerializeToString() + b"\x32" + bytes([len(payload)]) + payload
+    assert math.isnan(PublishRequest.FromString(data).payload.fields["x"].number_value)
+
+    with pytest.raises(InvalidArgument) as raised:
+        validate_publish(data, max_message_bytes=MAX_BYTES)
+
+    assert raised.value.message == "'payload.x' is NaN, which JSON cannot represent"
