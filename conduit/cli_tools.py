@@ -50,12 +50,8 @@ def publisher_token(environ: Mapping[str, str], state_dir: Path, ttl_s: int) -> 
     message = short_secret_message(secret)
     if message is not None:
         print(f"warning: {message}", file=sys.stderr)
-    return mint_publisher_token(
-        secret,
-        issuer=_required(environ, "PUBLISH_JWT_ISSUER"),
-        audience=_required(environ, "PUBLISH_JWT_AUDIENCE"),
-        ttl_s=ttl_s,
-    )
+    issuer, audience = _required(environ, "PUBLISH_JWT_ISSUER", "PUBLISH_JWT_AUDIENCE")
+    return mint_publisher_token(secret, issuer=issuer, audience=audience, ttl_s=ttl_s)
 
 
 def subscriber_token(environ: Mapping[str, str], state_dir: Path, org_id: int, channel_id: str, ttl_s: int) -> str:
@@ -71,10 +67,11 @@ def subscriber_token(environ: Mapping[str, str], state_dir: Path, org_id: int, c
         raise ConfigError(
             f"GATEWAY_JWT_PRIVATE_KEY is not an unencrypted PEM-encoded RSA private key{pem_path_hint(raw_key)}"
         ) from None
+    issuer, audience = _required(environ, "GATEWAY_JWT_ISSUER", "GATEWAY_JWT_AUDIENCE")
     return mint_subscriber_token(
         pem,
-        issuer=_required(environ, "GATEWAY_JWT_ISSUER"),
-        audience=_required(environ, "GATEWAY_JWT_AUDIENCE"),
+        issuer=issuer,
+        audience=audience,
         org_id=org_id,
         channel_id=channel_id,
         ttl_s=ttl_s,
@@ -175,8 +172,9 @@ def _get(environ: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _required(environ: Mapping[str, str], name: str) -> str:
-    value = _get(environ, name)
-    if value is None:
-        raise ConfigError(f"{name} is required but not set")
-    return value
+def _required(environ: Mapping[str, str], *names: str) -> list[str]:
+    """Return the values of ``names``; raise ConfigError naming every one that is missing."""
+    missing = [name for name in names if _get(environ, name) is None]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required but not set")
+    return [environ[name].strip() for name in names]

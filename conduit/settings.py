@@ -9,6 +9,7 @@ a one-line message naming the variable; secret values never appear in a repr.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ __all__ = [
 
 Role = Literal["publish", "gateway", "cleanup", "dev"]
 LogFormat = Literal["text", "json"]
+
+# A URL scheme as RFC 3986 section 3.1 defines it, short enough to name in an error.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}")
 
 
 @dataclass(frozen=True)
@@ -252,8 +256,14 @@ class _Env:
             return None
         scheme, separator, rest = raw.partition("://")
         if not separator or scheme not in ("redis", "rediss", "unix") or not rest:
-            # The URL is not echoed because it may carry a password.
-            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL")
+            # The URL is not echoed, because it may carry a password. A short scheme cannot.
+            if not separator or not _SCHEME.fullmatch(scheme):
+                found = "a value without a scheme"
+            elif not rest:
+                found = f"{scheme}:// with no address after it"
+            else:
+                found = f"the scheme {scheme}://"
+            raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL, got {found}")
         return raw
 
     def public_key(self, name: str) -> str:

@@ -92,6 +92,30 @@ def test_serve_bad_setting_prints_one_line(
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.parametrize(
+    ("url", "given"),
+    [
+        ("http://:hunter2-password@127.0.0.1:6379", "got the scheme http://"),
+        ("127.0.0.1:6379", "got a value without a scheme"),
+        ("redis://", "got redis:// with no address after it"),
+        ("hunter2 password://127.0.0.1", "got a value without a scheme"),
+    ],
+)
+def test_serve_bad_redis_url_names_scheme_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, given: str
+) -> None:
+    for name, value in _VALID_ENV["cleanup"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("REDIS_URL", url)
+
+    status = main(["serve", "cleanup"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err == f"conduit serve: REDIS_URL must be a redis://, rediss:// or unix:// URL, {given}\n"
+    assert "hunter2" not in err
+
+
 def test_serve_key_path_without_at_suggests_at(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

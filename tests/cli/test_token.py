@@ -117,6 +117,18 @@ def test_token_publish_missing_issuer_exits_2(
     assert "s3cret" not in captured.err
 
 
+def test_token_publish_names_every_missing_claim(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PUBLISH_JWT_SECRET", "s3cret-for-tests-0123456789abcdefghij")
+
+    status = main(["token", "publish", "--state-dir", str(state_dir)])
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert captured.err == "conduit token: PUBLISH_JWT_ISSUER and PUBLISH_JWT_AUDIENCE are required but not set\n"
+
+
 def test_token_subscribe_bad_private_key_exits_2(
     monkeypatch: pytest.MonkeyPatch, state_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
