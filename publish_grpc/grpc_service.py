@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from conduit.errors import GRPC_STATUS, ConduitError, RateLimited, Unauthenticated
+from conduit.errors import GRPC_STATUS, ConduitError, InvalidArgument, RateLimited, Unauthenticated
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from conduit.v1alpha.publish_pb2 import PublishResponse
 from publish_grpc.observe import PublishAttempt
@@ -63,7 +63,7 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
         stream stops being accepted once its token expires.
         """
         # The metadata of a call is fixed, so the header is looked up once.
-        steps = _StreamSteps(self._publisher, _authorization(context))
+        steps = _StreamSteps(self._publisher, _authorization_values(context))
         try:
             async for stream_id in publish_batched(request_iterator, steps):
                 yield PublishResponse(stream_id=stream_id)
@@ -78,7 +78,7 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
 
     async def _publish_one(self, request: bytes, context: grpc.aio.ServicerContext) -> PublishResponse:
         try:
-            stream_id = await self._publish(request, _authorization(context))
+            stream_id = await self._publish(request, _authorization_values(context))
         except ConduitError as error:
             await _abort(context, error)
         except _LoggedFailure:
@@ -88,10 +88,10 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_MESSAGE)
         return PublishResponse(stream_id=stream_id)
 
-    async def _publish(self, request: bytes, authorization: str | None) -> str:
+    async def _publish(self, request: bytes, authorization_values: list[str]) -> str:
         try:
             with self._publisher.attempt("grpc") as attempt:
-                _authenticate(self._publisher, attempt, authorization, request)
+                _authenticate(self._publisher, attempt, authorization_values, request)
                 return await self._publisher.publish(attempt, request)
         except ConduitError:
             raise
@@ -103,9 +103,9 @@ class PublishServicer(publish_pb2_grpc.PublishServiceServicer):
 class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
     """The steps of one PublishStream call, each message recorded by its own PublishAttempt."""
 
-    def __init__(self, publisher: Publisher, authorization: str | None) -> None:
+    def __init__(self, publisher: Publisher, authorization_values: list[str]) -> None:
         self._publisher = publisher
-        self._authorization = authorization
+        self._authorization_values = authorization_values
         # The call's metadata is fixed, so its token needs verifying only once.
         self._token_expires_at: int | None = None
 
@@ -114,7 +114,7 @@ class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
         attempt.start()
         try:
             if self._token_expires_at is None:
-                self._token_expires_at = _authenticate(self._publisher, attempt, self._authorization, data)
+                self._token_expires_at = _authenticate(self._publisher, attempt, self._authorization_values, data)
             else:
                 _check_unexpired(self._publisher, attempt, self._token_expires_at, data)
             return attempt, self._publisher.validate(attempt, data)
@@ -156,13 +156,25 @@ class _StreamSteps(StreamPublisher[tuple[PublishAttempt, ValidatedPublish]]):
             attempt.finish(cancelled)
 
 
-def _authenticate(publisher: Publisher, attempt: PublishAttempt, authorization: str | None, request: bytes) -> int:
+def _authenticate(
+    publisher: Publisher, attempt: PublishAttempt, authorization_values: list[str], request: bytes
+) -> int:
     try:
-        return publisher.authenticate(authorization)
-    except Unauthenticated:
+        _check_single_authorization(authorization_values)
+        return publisher.authenticate(authorization_values[0] if authorization_values else None)
+    except (InvalidArgument, Unauthenticated):
         # The rejection is logged with the stream's ids when the body names them.
         attempt.note_body(request)
         raise
+
+
+def _check_single_authorization(authorization_values: list[str]) -> None:
+    # Servers and proxies differ on which of several values they use, so a
+    # proxy could check one token while this server uses the other.
+    if len(authorization_values) > 1:
+        raise InvalidArgument(
+            f"the authorization metadata appears {len(authorization_values)} times: send exactly one bearer token"
+        )
 
 
 def _check_unexpired(publisher: Publisher, attempt: PublishAttempt, expires_at: int, request: bytes) -> None:
@@ -198,8 +210,10 @@ def add_publish_servicer(servicer: PublishServicer, server: grpc.aio.Server) -> 
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            return value if isinstance(value, str) else value.decode("latin-1")
-    return None
+def _authorization_values(context: grpc.aio.ServicerContext) -> list[str]:
+    """Return every value of the call's ``authorization`` metadata, in the order received."""
+    return [
+        value if isinstance(value, str) else value.decode("latin-1")
+        for key, value in context.invocation_metadata() or ()
+        if key == "authorization"
+    ]

@@ -19,7 +19,7 @@ from publish_grpc.http_app import BODY_READ_TIMEOUT_S, create_http_app
 from publish_grpc.http_listener import PublishHttpServer
 from publish_grpc.publisher import Publisher
 
-__all__ = ["GRPC_RECEIVE_HEADROOM_BYTES", "PublishServer"]
+__all__ = ["GRPC_KEEPALIVE_TIMEOUT_S", "GRPC_KEEPALIVE_TIME_S", "GRPC_RECEIVE_HEADROOM_BYTES", "PublishServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,16 @@ GRPC_RECEIVE_HEADROOM_BYTES = 1024
 
 A request slightly over the limit thus gets our PayloadTooLarge message, which
 gives its size and the limit. A larger one gets gRPC's own RESOURCE_EXHAUSTED."""
+
+GRPC_KEEPALIVE_TIME_S = 60.0
+"""Seconds after which the gRPC server pings a connection that has calls open but sent nothing.
+
+Without it, grpc's default is two hours, and a publisher whose host went
+away without closing its connection would keep its PublishStream calls,
+their read-ahead tasks and their buffered messages for that long."""
+
+GRPC_KEEPALIVE_TIMEOUT_S = 20.0
+"""Seconds the gRPC server waits for a keepalive ping's acknowledgement before it closes the connection."""
 
 _HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -39,11 +49,19 @@ class PublishServer:
     """
 
     def __init__(
-        self, settings: Settings, broker: Broker, *, body_read_timeout_s: float = BODY_READ_TIMEOUT_S
+        self,
+        settings: Settings,
+        broker: Broker,
+        *,
+        body_read_timeout_s: float = BODY_READ_TIMEOUT_S,
+        keepalive_time_s: float = GRPC_KEEPALIVE_TIME_S,
+        keepalive_timeout_s: float = GRPC_KEEPALIVE_TIMEOUT_S,
     ) -> None:
         if settings.publish_jwt is None:
             raise ConfigError("PUBLISH_JWT_SECRET is required but not set")
         self._settings = settings
+        self._keepalive_time_s = keepalive_time_s
+        self._keepalive_timeout_s = keepalive_timeout_s
         self._draining = False
         self._publisher = Publisher(
             broker,
@@ -84,6 +102,12 @@ class PublishServer:
                 # Share the port only with the other workers of `serve --workers`;
                 # otherwise fail when another process is bound to it.
                 ("grpc.so_reuseport", 1 if port_sharing_enabled() else 0),
+                # Pings go out only while calls are open, so an idle connection costs nothing.
+                # In grpcio 1.85 the ping timeout, not the keepalive timeout, bounds
+                # the wait for a ping's acknowledgement, so both are set.
+                ("grpc.keepalive_time_ms", round(self._keepalive_time_s * 1000)),
+                ("grpc.keepalive_timeout_ms", round(self._keepalive_timeout_s * 1000)),
+                ("grpc.http2.ping_timeout_ms", round(self._keepalive_timeout_s * 1000)),
             ]
         )
         add_publish_servicer(PublishServicer(self._publisher), server)

@@ -113,6 +113,44 @@ async def test_publish_bad_token_unauthenticated(
     assert stream_keys(redis_client) == []
 
 
+TWO_AUTHORIZATIONS = [
+    pytest.param((bearer(), "Bearer abc"), id="valid-first"),
+    pytest.param(("Bearer abc", bearer()), id="valid-second"),
+    pytest.param((bearer(), bearer()), id="both-valid"),
+]
+TWO_AUTHORIZATIONS_DETAILS = "the authorization metadata appears 2 times: send exactly one bearer token"
+
+
+@pytest.mark.parametrize("values", TWO_AUTHORIZATIONS)
+async def test_publish_two_authorizations_invalid_argument(
+    stub: PublishServiceStub, redis_client: redis.Redis, values: tuple[str, str]
+) -> None:
+    metadata = tuple(("authorization", value) for value in values)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Publish(make_request(org_id=ORG_ID), metadata=metadata, timeout=10)
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == TWO_AUTHORIZATIONS_DETAILS
+    assert stream_keys(redis_client) == []
+
+
+@pytest.mark.parametrize("values", TWO_AUTHORIZATIONS)
+async def test_publish_stream_two_authorizations_invalid_argument(
+    stub: PublishServiceStub, redis_client: redis.Redis, values: tuple[str, str]
+) -> None:
+    metadata = tuple(("authorization", value) for value in values)
+    call = stub.PublishStream(requests_of(make_request(org_id=ORG_ID)), metadata=metadata, timeout=10)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in call:
+            pass
+
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == TWO_AUTHORIZATIONS_DETAILS
+    assert stream_keys(redis_client) == []
+
+
 CHANNEL = "97f58c19-ce38-4c6b-8a5b-47f3405691f0"
 
 BAD_REQUESTS = [

@@ -168,3 +168,74 @@ async def test_server_stop_finishes_http_request(server: PublishServer, redis_cl
 
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert redis_client.xlen(stream_key(ORG_ID, request.channel_id)) == 1
+
+
+class _FreezingProxy:
+    """A TCP proxy that forwards until ``freeze``, then drops every byte while the sockets stay open.
+
+    To the server, the client then looks like a peer whose host went away
+    without closing its connections.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._frozen = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def freeze(self) -> None:
+        self._frozen.set()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        self._writers += [client_writer, server_writer]
+        for reader, writer in ((client_reader, server_writer), (server_reader, client_writer)):
+            task = asyncio.create_task(self._forward(reader, writer))
+            self._tasks.add(task)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if self._frozen.is_set():
+                continue
+            writer.write(data)
+            await writer.drain()
+
+
+def stream_readers_running() -> int:
+    return sum(1 for task in asyncio.all_tasks() if task.get_name() == "publish-stream-read-ahead")
+
+
+async def test_server_keepalive_ends_stream_of_frozen_peer(redis_url: str, broker: Broker) -> None:
+    server = PublishServer(make_settings(redis_url), broker, keepalive_time_s=0.5, keepalive_timeout_s=0.5)
+    await server.start()
+    proxy = _FreezingProxy(server.grpc_port)
+    await proxy.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:
+            call = PublishServiceStub(channel).PublishStream(metadata=(("authorization", bearer()),))
+            await call.write(make_request(org_id=ORG_ID))
+            await call.read()
+            assert stream_readers_running() == 1
+
+            proxy.freeze()
+
+            await wait_until(lambda: stream_readers_running() == 0, "the server ends the frozen peer's stream")
+            call.cancel()
+    finally:
+        await proxy.close()
+        await server.stop(grace_s=1)

@@ -267,7 +267,8 @@ async def test_stream_steps_token_expires_mid_call() -> None:
     verifier = TokenVerifier(JwtSettings(key=SECRET, issuer=ISSUER, audience=AUDIENCE), clock=lambda: now[0])
     broker = MemoryBroker(BrokerSettings(redis_url=None))
     exp = int(now[0]) + 60
-    steps = _StreamSteps(Publisher(broker, verifier, max_message_bytes=MAX_MESSAGE_BYTES), bearer(make_token(exp=exp)))
+    publisher = Publisher(broker, verifier, max_message_bytes=MAX_MESSAGE_BYTES)
+    steps = _StreamSteps(publisher, [bearer(make_token(exp=exp))])
     try:
         steps.prepare(make_request(org_id=ORG_ID).SerializeToString())
 
