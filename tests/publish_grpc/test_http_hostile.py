@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from broker import Broker
 from broker.keys import stream_key
@@ -635,8 +636,10 @@ async def test_descriptors_exhausted_accept_pauses(redis_url: str, broker: Broke
 
 
 async def test_stop_answers_publish_waiting_for_body(
-    redis_url: str, broker: Broker, redis_client: redis.Redis
+    redis_url: str, broker: Broker, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
+    cancelled_before = _publish_count("cancelled")
+    invalid_before = _publish_count("invalid_argument")
     server = PublishServer(make_settings(redis_url), broker)
     await server.start()
     waiting = await open_raw(server.http_port)
@@ -660,4 +663,12 @@ async def test_stop_answers_publish_waiting_for_body(
     assert rejected.status_line == b"HTTP/1.1 503 Service Unavailable"
     assert rejected.body.endswith(b"retry the request")
     assert len(stream_keys(redis_client)) == 1
+    # The server cut the publish off, so it counts as cancelled, not as the client's invalid request.
+    assert _publish_count("cancelled") == cancelled_before + 1
+    assert _publish_count("invalid_argument") == invalid_before
+    assert "publish rejected" not in caplog.text
+
+
+def _publish_count(outcome: str) -> float:
+    return REGISTRY.get_sample_value("conduit_publish_requests_total", {"front_door": "http", "outcome": outcome}) or 0.0
 
