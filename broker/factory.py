@@ -14,6 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.base import Broker
 from broker.instrumented import InstrumentedBroker
@@ -103,8 +104,24 @@ def _single_client(url: str, max_connections: int) -> Redis:
     return Redis.from_pool(pool)
 
 
+class _ClusterClient(RedisCluster):
+    """A RedisCluster client that never sends a command again after it timed out.
+
+    redis-py's cluster client (8.2) resends a command that failed with any error in
+    ``ERRORS_ALLOW_RETRY``, whatever the ``Retry`` object's supported errors.
+    A timed-out command may still run on its master, for example one that was
+    frozen and resumes, so a resent append would be stored twice. The other
+    errors are kept: a cluster-down or uncovered-slot reply means nothing ran,
+    and connection errors are retried as on a single Redis.
+    """
+
+    ERRORS_ALLOW_RETRY = tuple(
+        error for error in RedisCluster.ERRORS_ALLOW_RETRY if not issubclass(error, RedisTimeoutError)
+    )
+
+
 def _cluster_client(url: str, max_connections: int) -> RedisCluster:
-    return RedisCluster.from_url(
+    return _ClusterClient.from_url(
         url,
         max_connections=max_connections,
         socket_connect_timeout=CONNECT_TIMEOUT_S,

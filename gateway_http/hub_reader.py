@@ -127,6 +127,7 @@ class ChannelReader:
         self._on_stopped = on_stopped
         self._frame_live = frame_live
         self._task: asyncio.Task[None] | None = None
+        self._started = False
         self._read: asyncio.Task[dict[str, list[Entry]]] | None = None
 
     def add(self, channel: Channel) -> None:
@@ -135,6 +136,7 @@ class ChannelReader:
         self._cursors[channel.stream] = channel.position
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"hub-reader-{self.group or 'all'}")
+            self._task.add_done_callback(self._report_unstarted_stop)
         elif self._read is not None:
             self._read.cancel()
 
@@ -156,7 +158,14 @@ class ChannelReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _report_unstarted_stop(self, _task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never enters _run, so only
+        # this callback can tell the owner that the reader stopped.
+        if not self._started:
+            self._on_stopped(self)
+
     async def _run(self) -> None:
+        self._started = True
         budget = RetryBudget(self._policy.retry_budget_s, log_fields={"read_group": self.group})
         pause_s = 0.0
         try:

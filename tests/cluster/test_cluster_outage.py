@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 
 import pytest
@@ -66,3 +68,35 @@ async def test_master_outage_fails_its_channels_only(
     after_id = await asyncio.wait_for(broker.append(down_stream, b"after", end=False), OUTAGE_TIMEOUT_S)
     assert [entry.id for entry in await broker.read(down_stream, "0-0", count=10, block_ms=0)] == [after_id]
     await broker.ping()
+
+
+async def test_append_to_frozen_master_stored_once(
+    redis_cluster_process: RedisClusterProcess, cluster_backend: Backend
+) -> None:
+    # Without deduplication, only the client can keep one publish from being
+    # appended twice: a command that timed out may still run, so it must not
+    # be sent again.
+    assert isinstance(cluster_backend.raw, RedisCluster)
+    broker = cluster_backend.make(dedup_window_s=0)
+    frozen = redis_cluster_process.nodes[1]
+    assert frozen.process is not None
+    stream = await stream_on(cluster_backend.raw, frozen.port, on_it=True)
+    # Concurrent appends leave several pooled connections to the master, so a
+    # resend would go out at once on one of them instead of waiting to connect.
+    await asyncio.gather(*(broker.append(stream, b"before", end=False) for _ in range(3)))
+
+    os.kill(frozen.process.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(BrokerUnavailable) as raised:
+            await asyncio.wait_for(broker.append(stream, b"timed out", end=False), OUTAGE_TIMEOUT_S)
+    finally:
+        os.kill(frozen.process.pid, signal.SIGCONT)
+    # The master runs what it received while frozen once it resumes.
+    await asyncio.to_thread(redis_cluster_process.wait_until_ok)
+    stored = [fields[b"data"] for _, fields in await cluster_backend.raw.xrange(stream)]
+
+    assert str(raised.value) == (
+        "Redis append failed (TimeoutError): the message may or may not be stored,"
+        " so retry it with the same message_id"
+    )
+    assert stored.count(b"timed out") <= 1

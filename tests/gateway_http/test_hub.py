@@ -267,6 +267,20 @@ async def test_hub_reader_stopped_after_last_subscriber_leaves(hub: HubFeed, bro
     await wait_until(lambda: hub.reader_count == 0)
 
 
+async def test_hub_reader_stops_before_first_step(hub: HubFeed, stream: str) -> None:
+    # A zero timeout opens the channel, which creates its reader's task, and
+    # returns at once. Closing next, with no await between, cancels that task
+    # before its first step, as a client that leaves right after joining does.
+    subscription = await hub.subscribe(stream, "0-0")
+    assert await subscription.next_batch(0) == []
+    assert hub.active_streams == {stream}
+
+    await subscription.close()
+
+    assert hub.active_streams == frozenset()
+    await wait_until(lambda: hub.reader_count == 0)
+
+
 async def test_hub_reader_restarts_for_new_subscriber(
     hub: HubFeed, broker: Broker, stream: str, channel_id: str
 ) -> None:
