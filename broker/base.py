@@ -151,7 +151,8 @@ class Broker(abc.ABC):
     async def delete_idle(self, idle_s: float, *, now_s: float | None = None) -> list[str]:
         """Delete tracked streams whose newest entry is older than ``idle_s`` and untrack them.
 
-        ``now_s`` is the Unix time to measure idleness from (default: now).
+        ``now_s`` is the Unix time to measure idleness from. By default, the
+        Redis broker measures it by Redis's own clock, which stamps the entry ids.
         A stream that received an entry after the sweep began is kept, and a
         tracked stream that no longer exists is untracked. Returns the keys deleted.
         """

@@ -400,12 +400,17 @@ class RedisBroker(Broker):
         self._check_open()
         if idle_s < 0:
             raise ValueError(f"idle_s must be at least 0, got {idle_s}")
+        # The local clock picks the candidates from the tracking scores, which
+        # publishers stamp. Without now_s, delete_if_idle.lua decides by Redis's
+        # clock, which stamps the entry ids, so a cleanup host whose clock runs
+        # ahead cannot delete a stream that is still being published to.
         cutoff_s = (time.time() if now_s is None else now_s) - idle_s
+        delete_args = [int(idle_s * 1000), "" if now_s is None else int(now_s * 1000)]
 
         deleted: list[str] = []
         with redis_errors_as_unavailable("cleanup"):
             for shard in all_tracking_keys():
-                deleted.extend(await self._sweep_shard(shard, cutoff_s))
+                deleted.extend(await self._sweep_shard(shard, cutoff_s, delete_args))
         return deleted
 
     async def ping(self) -> None:
@@ -582,8 +587,7 @@ class RedisBroker(Broker):
                 extra={**stream_log_fields(stream), "entry_id": entry_id, "error": str(error)},
             )
 
-    async def _sweep_shard(self, shard: str, cutoff_s: float) -> list[str]:
-        cutoff_ms = int(cutoff_s * 1000)
+    async def _sweep_shard(self, shard: str, cutoff_s: float, delete_args: list[int | str]) -> list[str]:
         remaining = await self._client.zcount(shard, "-inf", cutoff_s)
         deleted: list[str] = []
         # Deleted and untracked members leave the range while kept ones stay
@@ -598,7 +602,7 @@ class RedisBroker(Broker):
             remaining -= len(members)
 
             for member in members:
-                outcome = await self._delete_if_idle_script(keys=[member], args=[cutoff_ms])
+                outcome = await self._delete_if_idle_script(keys=[member], args=delete_args)
                 if outcome == _KEPT:
                     kept_count += 1
                     continue

@@ -161,3 +161,38 @@ async def test_batched_append_cancelled_before_send_stores_nothing(redis_backend
 
     assert [fields[b"data"] for _, fields in await raw.xrange(stream)] == [b"first", b"last"]
     await broker.close()
+
+
+async def test_cleanup_host_clock_ahead_keeps_live_stream(
+    any_redis_backend: Backend, make_broker: Callable[[float], RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = any_redis_backend.raw
+    assert raw is not None
+    broker = make_broker(LONG_REFRESH_S)
+    stream = new_stream()
+    await broker.append(stream, b"live", end=False)
+    real_time = time.time
+    # The cleanup host's clock runs an hour ahead of Redis's, which stamped the entry.
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+
+    deleted = await broker.delete_idle(120)
+
+    assert deleted == []
+    assert await raw.xlen(stream) == 1
+    assert await raw.zscore(tracking_key(stream), stream) is not None
+
+
+async def test_cleanup_deletes_stream_idle_by_redis_clock(
+    any_redis_backend: Backend, make_broker: Callable[[float], RedisBroker]
+) -> None:
+    raw = any_redis_backend.raw
+    assert raw is not None
+    broker = make_broker(LONG_REFRESH_S)
+    stream = new_stream()
+    await broker.append(stream, b"old", end=False)
+    await asyncio.sleep(0.05)
+
+    deleted = await broker.delete_idle(0.01)
+
+    assert deleted == [stream]
+    assert await raw.exists(stream) == 0
