@@ -58,9 +58,11 @@ _PORT_SETTINGS = {
 def share_ports(role: str, settings: Settings) -> tuple[Settings, list[socket.socket]]:
     """Replace each port 0 of ``role`` with a free port and return the sockets that hold them.
 
-    Raise OSError naming the port and its setting when a fixed port is in use.
-    The caller closes the sockets once the workers have exited.
+    Raise OSError naming the port and its setting when a fixed port is in use,
+    or when two settings of ``role`` name the same fixed port. The caller
+    closes the sockets once the workers have exited.
     """
+    _check_ports_distinct(role, settings)
     reserved: list[socket.socket] = []
     changes: dict[str, int] = {}
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -82,6 +84,24 @@ def share_ports(role: str, settings: Settings) -> tuple[Settings, list[socket.so
             sock.close()
         raise
     return dataclasses.replace(settings, **changes), reserved
+
+
+def _check_ports_distinct(role: str, settings: Settings) -> None:
+    """Raise OSError when two port settings of ``role`` name the same fixed port.
+
+    With SO_REUSEPORT the HTTP and gRPC listeners of a worker both bind such a
+    port, so start-up succeeds while the kernel hands every connection to one
+    of them.
+    """
+    fields_by_port: dict[int, list[str]] = {}
+    for field in _PORT_FIELDS[role]:
+        port = getattr(settings, field)
+        if port != 0:
+            fields_by_port.setdefault(port, []).append(field)
+    for port, fields in fields_by_port.items():
+        if len(fields) > 1:
+            settings_named = " and ".join(_PORT_SETTINGS[field] for field in fields)
+            raise OSError(f"{role}: {len(fields)} listeners are set to port {port}: choose different ports with {settings_named}")
 
 
 def _check_port_free(role: str, host: str, port: int, family: socket.AddressFamily, setting: str) -> None:

@@ -295,3 +295,22 @@ def test_workers_free_fixed_port_accepted() -> None:
 
     assert shared.gateway_port == port
     assert held_sockets == []
+
+
+def test_workers_same_publish_ports_rejected() -> None:
+    # Both listeners set SO_REUSEPORT under --workers, so without the check
+    # both would bind and every gRPC call would reach the HTTP listener.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = dataclasses.replace(
+        load_settings("dev", environ={}), host="127.0.0.1", publish_port=port, publish_grpc_port=port
+    )
+
+    with pytest.raises(OSError) as raised:
+        share_ports("publish", settings)
+
+    assert str(raised.value) == (
+        f"publish: 2 listeners are set to port {port}: choose different ports with"
+        " PUBLISH_PORT or --publish-port and PUBLISH_GRPC_PORT or --publish-grpc-port"
+    )
