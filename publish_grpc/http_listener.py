@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 
@@ -24,6 +25,8 @@ __all__ = ["ACCEPT_RETRY_DELAY_S", "IDLE_TIMEOUT_S", "MAX_HEAD_BYTES", "PublishH
 logger = logging.getLogger(__name__)
 
 _BACKLOG = 2048
+# accept() errors that last until a descriptor, buffer or memory frees up, as asyncio's servers treat them.
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 IDLE_TIMEOUT_S = 5.0
 """Time a connection may stay open without a request in progress: uvicorn's keep-alive default."""
@@ -137,9 +140,12 @@ class PublishHttpServer:
                 # The client reset the connection while it was queued; the next one may be fine.
                 continue
             except OSError as error:
-                # For example EMFILE or ENOBUFS, which last until a descriptor or buffer
-                # frees up. The listening socket stays readable meanwhile, so accepting
-                # again at once would spin. The connections wait in the backlog instead.
+                if error.errno not in _RESOURCE_ERRNOS:
+                    # An error of that one connection, such as EPROTO or EPERM from a firewall.
+                    logger.info("publish HTTP: accept failed: %s", error)
+                    continue
+                # The listening socket stays readable while resources are short, so
+                # accepting again at once would spin. The connections wait in the backlog.
                 logger.warning(
                     "publish HTTP: accept failed; pausing accepting for %g s: %s", self._accept_retry_delay_s, error
                 )

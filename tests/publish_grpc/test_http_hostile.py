@@ -7,6 +7,7 @@ close), leave no stream entry, and log neither a traceback nor a token.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import resource
@@ -633,6 +634,45 @@ async def test_descriptors_exhausted_accept_pauses(redis_url: str, broker: Broke
     # One failure per pause: accepting again at every pass of the event loop would log on each.
     assert failures <= 1 + elapsed_s / retry_delay_s
     assert response.startswith(b"HTTP/1.1 200 OK")
+
+
+class _ListenerWithFailures:
+    """A listening socket whose accept() raises the given errors first, then finds no connection."""
+
+    def __init__(self, listener: socket.socket, errors: list[OSError]) -> None:
+        self._listener = listener
+        self._errors = errors
+
+    def fileno(self) -> int:
+        return self._listener.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self._errors:
+            raise self._errors.pop(0)
+        raise BlockingIOError
+
+
+async def test_accept_error_of_one_connection_keeps_accepting(
+    redis_url: str, broker: Broker, log_lines: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(redis_url, broker, body_read_timeout_s=1)
+    try:
+        assert server._socket is not None and server._context is not None
+        failing = _ListenerWithFailures(server._socket, [OSError(errno.EPROTO, "Protocol error")])
+
+        server._accept_connections(failing, server._context)  # type: ignore[arg-type]
+
+        paused = server._accept_retry is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(HEALTH)
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_TIMEOUT_S)
+        writer.close()
+    finally:
+        await server.stop(grace_s=1)
+
+    assert not paused
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert "publish HTTP: accept failed: [Errno 71] Protocol error" in log_lines.text
 
 
 async def test_stop_answers_publish_waiting_for_body(
