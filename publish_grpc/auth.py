@@ -60,6 +60,7 @@ class TokenVerifier:
         self._leeway_s = leeway_s
         self._expiry_by_digest: OrderedDict[bytes, int] = OrderedDict()
         message = short_secret_message(settings.key)
+        self._short_secret = message is not None
         if message is not None:
             logger.warning(message)
 
@@ -102,18 +103,12 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> dict[str, object]:
         try:
+            if not self._short_secret:
+                return self._decode_claims(token)
             with warnings.catch_warnings():
-                # The constructor logged a short secret once. PyJWT would warn again at every cache miss.
+                # The constructor logged the short secret once. PyJWT would warn again at every cache miss.
                 warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
-                return jwt.decode(
-                    token,
-                    self._secret,
-                    algorithms=_ALGORITHMS,
-                    issuer=self._issuer,
-                    audience=self._audience,
-                    leeway=self._leeway_s,
-                    options={"require": _REQUIRED_CLAIMS},
-                )
+                return self._decode_claims(token)
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("token has expired: mint a new one") from None
         except jwt.InvalidSignatureError:
@@ -132,6 +127,18 @@ class TokenVerifier:
             raise Unauthenticated(f"token is malformed: {_shorten(str(error))}") from None
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"token is invalid: {_shorten(str(error))}") from None
+
+
+    def _decode_claims(self, token: str) -> dict[str, object]:
+        return jwt.decode(
+            token,
+            self._secret,
+            algorithms=_ALGORITHMS,
+            issuer=self._issuer,
+            audience=self._audience,
+            leeway=self._leeway_s,
+            options={"require": _REQUIRED_CLAIMS},
+        )
 
 
 def _bearer_token(authorization: str | None) -> str:
