@@ -113,6 +113,10 @@ class _ClusterClient(RedisCluster):
     frozen and resumes, so a resent append would be stored twice. The other
     errors are kept: a cluster-down or uncovered-slot reply means nothing ran,
     and connection errors are retried as on a single Redis.
+
+    NOTE: redis-py's cluster pipeline reads ``RedisCluster.ERRORS_ALLOW_RETRY``
+    from the base class, so a pipeline would still resend a timed-out command.
+    The broker sends no cluster pipeline.
     """
 
     ERRORS_ALLOW_RETRY = tuple(
