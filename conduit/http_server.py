@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import uvicorn
 from litestar.types import ASGIApp
 
-__all__ = ["HttpServer", "bind_listening_socket", "enable_port_sharing", "port_sharing_enabled"]
+__all__ = ["HttpServer", "bind_error", "bind_listening_socket", "enable_port_sharing", "port_sharing_enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ def port_sharing_enabled() -> bool:
     return _port_sharing
 
 
+def bind_error(name: str, host: str, port: int, error: OSError, port_setting: str | None) -> OSError:
+    """Return the error for a failed bind of ``host:port``, naming ``port_setting`` when the port is in use."""
+    message = f"{name}: cannot bind {host}:{port}: {error.strerror}"
+    if error.errno == errno.EADDRINUSE and port_setting is not None:
+        message += f"; choose another port with {port_setting}"
+    return OSError(message)
+
+
 def bind_listening_socket(host: str, port: int, *, name: str, port_setting: str | None = None) -> socket.socket:
     """Bind a non-blocking TCP socket to ``host:port`` and listen; raise OSError naming the address.
 
@@ -62,10 +70,7 @@ def bind_listening_socket(host: str, port: int, *, name: str, port_setting: str 
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        message = f"{name}: cannot bind {host}:{port}: {error.strerror}"
-        if error.errno == errno.EADDRINUSE and port_setting is not None:
-            message += f"; choose another port with {port_setting}"
-        raise OSError(message) from error
+        raise bind_error(name, host, port, error, port_setting) from error
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -24,6 +24,7 @@ __all__ = [
     "CleanupSettings",
     "JwtSettings",
     "Role",
+    "PORT_SETTINGS",
     "Settings",
     "load_settings",
     "pem_path_hint",
@@ -32,6 +33,13 @@ __all__ = [
 
 Role = Literal["publish", "gateway", "cleanup", "dev"]
 LogFormat = Literal["text", "json"]
+
+PORT_SETTINGS = {
+    "publish_port": "PUBLISH_PORT or --publish-port",
+    "publish_grpc_port": "PUBLISH_GRPC_PORT or --publish-grpc-port",
+    "gateway_port": "GATEWAY_PORT or --gateway-port",
+}
+"""The variable and flag that choose each port field of ``Settings``, for errors that tell the user what to change."""
 
 # A URL scheme as RFC 3986 section 3.1 defines it, short enough to name in an error.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}")

@@ -18,7 +18,6 @@ that port instead of failing.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -30,8 +29,8 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from conduit.http_server import enable_port_sharing
-from conduit.settings import Settings
+from conduit.http_server import bind_error, enable_port_sharing
+from conduit.settings import PORT_SETTINGS, Settings
 
 __all__ = ["WORKER_STOP_TIMEOUT_S", "run_workers", "share_ports"]
 
@@ -47,11 +46,6 @@ _POLL_INTERVAL_S = 0.5
 _PORT_FIELDS = {
     "publish": ("publish_port", "publish_grpc_port"),
     "gateway": ("gateway_port",),
-}
-_PORT_SETTINGS = {
-    "publish_port": "PUBLISH_PORT or --publish-port",
-    "publish_grpc_port": "PUBLISH_GRPC_PORT or --publish-grpc-port",
-    "gateway_port": "GATEWAY_PORT or --gateway-port",
 }
 
 
@@ -69,7 +63,7 @@ def share_ports(role: str, settings: Settings) -> tuple[Settings, list[socket.so
     try:
         for field in _PORT_FIELDS[role]:
             if getattr(settings, field) != 0:
-                _check_port_free(role, settings.host, getattr(settings, field), family, _PORT_SETTINGS[field])
+                _check_port_free(role, settings.host, getattr(settings, field), family, PORT_SETTINGS[field])
                 continue
             sock = socket.socket(family, socket.SOCK_STREAM)
             reserved.append(sock)
@@ -100,7 +94,7 @@ def _check_ports_distinct(role: str, settings: Settings) -> None:
             fields_by_port.setdefault(port, []).append(field)
     for port, fields in fields_by_port.items():
         if len(fields) > 1:
-            settings_named = " and ".join(_PORT_SETTINGS[field] for field in fields)
+            settings_named = " and ".join(PORT_SETTINGS[field] for field in fields)
             raise OSError(f"{role}: {len(fields)} listeners are set to port {port}: choose different ports with {settings_named}")
 
 
@@ -112,10 +106,7 @@ def _check_port_free(role: str, host: str, port: int, family: socket.AddressFami
         try:
             probe.bind((host, port))
         except OSError as error:
-            message = f"{role}: cannot bind {host}:{port}: {error.strerror}"
-            if error.errno == errno.EADDRINUSE:
-                message += f"; choose another port with {setting}"
-            raise OSError(message) from error
+            raise bind_error(role, host, port, error, setting) from error
 
 
 def run_workers(

@@ -10,7 +10,7 @@ from litestar.types import ControllerRouterHandler
 
 from broker.base import Broker
 from conduit.http_server import HttpServer
-from conduit.settings import Settings
+from conduit.settings import PORT_SETTINGS, Settings
 from gateway_http.app import create_app
 from gateway_http.direct_write import frame_live
 from gateway_http.drain import Drain
@@ -75,7 +75,7 @@ class GatewayServer:
             settings.host,
             settings.gateway_port,
             name="gateway",
-            port_setting="GATEWAY_PORT or --gateway-port",
+            port_setting=PORT_SETTINGS["gateway_port"],
             shutdown_timeout_s=_HTTP_SHUTDOWN_TIMEOUT_S,
         )
 

@@ -17,6 +17,7 @@ import socket
 from litestar.types import ASGIApp
 
 from conduit.http_server import bind_listening_socket
+from conduit.settings import PORT_SETTINGS
 from publish_grpc.http_protocol import HttpShimContext, PublishHttpProtocol
 from publish_grpc.publisher import Publisher
 
@@ -84,7 +85,7 @@ class PublishHttpServer:
             max_head_bytes=self._max_head_bytes,
         )
         sock = bind_listening_socket(
-            self._host, self._requested_port, name="publish", port_setting="PUBLISH_PORT or --publish-port"
+            self._host, self._requested_port, name="publish", port_setting=PORT_SETTINGS["publish_port"]
         )
         self._context = context
         self._socket = sock

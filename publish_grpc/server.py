@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from broker.base import Broker
 from conduit.errors import ConfigError
 from conduit.http_server import port_sharing_enabled
-from conduit.settings import Settings
+from conduit.settings import PORT_SETTINGS, Settings
 from publish_grpc.auth import CLOCK_SKEW_LEEWAY_S, TokenVerifier
 from publish_grpc.grpc_service import SERVICE_NAME, PublishServicer, add_publish_servicer
 from publish_grpc.http_app import BODY_READ_TIMEOUT_S, create_http_app
@@ -123,7 +123,7 @@ class PublishServer:
             # grpc reports only "Failed to bind"; the usual cause is a port in use.
             raise OSError(
                 f"publish: cannot bind gRPC on {address}: the address is in use or not available; "
-                "choose another port with PUBLISH_GRPC_PORT or --publish-grpc-port"
+                f"choose another port with {PORT_SETTINGS['publish_grpc_port']}"
             ) from error
         await server.start()
         self._grpc = server
