@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import jwt
 
-from conduit.errors import Unauthenticated
+from conduit.errors import InvalidArgument, Unauthenticated
 from conduit.settings import JwtSettings
 from conduit.tokens import short_secret_message
 
-__all__ = ["CLOCK_SKEW_LEEWAY_S", "DEFAULT_CACHE_SIZE", "TokenVerifier"]
+__all__ = ["CLOCK_SKEW_LEEWAY_S", "DEFAULT_CACHE_SIZE", "TokenVerifier", "check_single_authorization"]
 
 DEFAULT_CACHE_SIZE = 1024
 CLOCK_SKEW_LEEWAY_S = 60
@@ -139,6 +139,16 @@ class TokenVerifier:
             leeway=self._leeway_s,
             options={"require": _REQUIRED_CLAIMS},
         )
+
+
+def check_single_authorization(count: int, source: str) -> None:
+    """Raise InvalidArgument when ``source``, such as "the Authorization header", carries ``count`` > 1 values.
+
+    Servers and proxies differ on which of several values they use, so a
+    proxy could check one token while this server uses the other.
+    """
+    if count > 1:
+        raise InvalidArgument(f"{source} appears {count} times: send exactly one bearer token")
 
 
 def _bearer_token(authorization: str | None) -> str:

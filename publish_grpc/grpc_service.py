@@ -21,6 +21,7 @@ import grpc
 from conduit.errors import GRPC_STATUS, ConduitError, InvalidArgument, RateLimited, Unauthenticated
 from conduit.v1alpha import publish_pb2, publish_pb2_grpc
 from conduit.v1alpha.publish_pb2 import PublishResponse
+from publish_grpc.auth import check_single_authorization
 from publish_grpc.observe import PublishAttempt
 from publish_grpc.publisher import Publisher
 from publish_grpc.stream import StreamPublisher, publish_batched
@@ -160,21 +161,12 @@ def _authenticate(
     publisher: Publisher, attempt: PublishAttempt, authorization_values: list[str], request: bytes
 ) -> int:
     try:
-        _check_single_authorization(authorization_values)
+        check_single_authorization(len(authorization_values), "the authorization metadata")
         return publisher.authenticate(authorization_values[0] if authorization_values else None)
     except (InvalidArgument, Unauthenticated):
         # The rejection is logged with the stream's ids when the body names them.
         attempt.note_body(request)
         raise
-
-
-def _check_single_authorization(authorization_values: list[str]) -> None:
-    # Servers and proxies differ on which of several values they use, so a
-    # proxy could check one token while this server uses the other.
-    if len(authorization_values) > 1:
-        raise InvalidArgument(
-            f"the authorization metadata appears {len(authorization_values)} times: send exactly one bearer token"
-        )
 
 
 def _check_unexpired(publisher: Publisher, attempt: PublishAttempt, expires_at: int, request: bytes) -> None:

@@ -13,7 +13,8 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-from conduit.errors import HTTP_STATUS, ConduitError, InvalidArgument, PayloadTooLarge, RateLimited
+from conduit.errors import HTTP_STATUS, ConduitError, PayloadTooLarge, RateLimited
+from publish_grpc.auth import check_single_authorization
 from publish_grpc.http_request import HttpRequest
 from publish_grpc.observe import PublishAttempt
 from publish_grpc.publisher import Publisher
@@ -115,7 +116,8 @@ def _check_request(publisher: Publisher, request: HttpRequest, attempt: PublishA
     assert request.publish_ids is not None
     org_id, channel_id = request.publish_ids
     attempt.note_path(org_id, channel_id)
-    _check_single_authorization(request)
+    authorization_count = sum(1 for name, _ in request.headers if name == b"authorization")
+    check_single_authorization(authorization_count, "the Authorization header")
     publisher.authenticate(request.header(b"authorization"))
     path = parse_path(org_id, channel_id)
     _check_content_length(request, publisher.max_message_bytes)
@@ -127,14 +129,6 @@ def _failure_response(error: BaseException) -> PublishResponse:
         return _error_response(error)
     # PublishAttempt has logged it with the ids.
     return _text_response(500, b"", _INTERNAL_ERROR_BODY)
-
-
-def _check_single_authorization(request: HttpRequest) -> None:
-    # Servers and proxies differ on which of several values they use, so a
-    # proxy could check one token while this server uses the other.
-    count = sum(1 for name, _ in request.headers if name == b"authorization")
-    if count > 1:
-        raise InvalidArgument(f"the Authorization header appears {count} times: send exactly one bearer token")
 
 
 def _check_content_length(request: HttpRequest, max_bytes: int) -> None:
